@@ -1,0 +1,100 @@
+"""What every lake asset does: read its upstream months, run its SQL, publish, describe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+
+import dagster as dg
+import duckdb
+
+from ml_assets.metadata import column_schema, preview
+from ml_assets.months import folder_label, partition_key
+from ml_assets.partitions import monthly_partitions, upstream_months
+from ml_assets.tables import asset_key
+from resources.warehouse import Table, Warehouse, sql_text
+
+RESULT = "result"
+
+# Policies shared by every monthly asset: one partitions definition, and a backfill over a range
+# of months runs as one run that computes all of them in one pass.
+MONTHLY = dict(
+    partitions_def=monthly_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An input of a transform: the table, the name its SQL reads it by, and which months."""
+
+    view: str
+    table: Table
+    mapping: dg.PartitionMapping | None = None  # None: the same months
+
+    def dep(self) -> dg.AssetDep:
+        return dg.AssetDep(asset_key(self.table), partition_mapping=self.mapping)
+
+
+def read_upstreams(
+    con: duckdb.DuckDBPyConnection, warehouse: Warehouse, upstreams: Iterable[Upstream],
+    months: Iterable[date],
+) -> None:
+    for upstream in upstreams:
+        warehouse.register_input(
+            con, upstream.view, upstream.table, upstream_months(upstream.mapping, months)
+        )
+
+
+def compute(con: duckdb.DuckDBPyConnection, sql_name: str, params: Mapping | None = None) -> None:
+    """Run the transform `sql/<sql_name>.sql` once into the temporary table `result`."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {sql_text(sql_name)}", params or {})
+
+
+def publish(
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    query: str,
+    months: Iterable[date],
+    per_month: Mapping[date, Mapping[str, object]] | None = None,
+) -> dict[date, int]:
+    """Publish `query`'s rows as `table`'s months and record each month's metadata on the
+    asset's materialisation of that month (use for the asset's own table only)."""
+    counts = warehouse.publish(con, table, query, months)
+    schema = column_schema(con, query)
+    for month, rows in counts.items():
+        month_rows = (
+            f"SELECT * FROM ({query}) WHERE strftime({table.month_column}, '%Y-%m') = $month"
+        )
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": rows,
+                "dagster/column_schema": schema,
+                "preview": dg.MetadataValue.md(
+                    preview(con, month_rows, {"month": folder_label(month)})
+                ),
+                "path": dg.MetadataValue.path(str(warehouse.month_file(table, month))),
+                "query": dg.MetadataValue.md(
+                    f"`duckdb {warehouse.catalog_path}`\n\n```sql\nSELECT * FROM "
+                    f"{table.qualified_name} WHERE date_trunc('month', {table.month_column}) = DATE "
+                    f"'{month.isoformat()}' LIMIT 10\n```"
+                ),
+                **(per_month or {}).get(month, {}),
+            },
+            partition_key=partition_key(month),
+        )
+    return counts
+
+
+def describe_table(table: Table) -> dict:
+    """The `@asset` arguments that follow from the table itself."""
+    return dict(
+        key=asset_key(table),
+        group_name=table.schema,
+        description=table.description,
+        kinds={"duckdb", "parquet"},
+        metadata={"dagster/table_name": table.qualified_name},
+    )

@@ -1,0 +1,45 @@
+"""The Dagster code location: every asset, resource and job of the platform."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ml_assets.assets.gold import feature_store, label_store
+from ml_assets.assets.raw import raw_assets
+from ml_assets.assets.silver import silver_assets
+from ml_assets.partitions import monthly_partitions
+from ml_assets.settings import Settings, settings
+from resources.sources import Sources
+from resources.warehouse import Warehouse
+
+
+def build_resources(config: Settings) -> dict:
+    return {
+        "warehouse": Warehouse(
+            path=str(config.warehouse),
+            threads=config.duckdb_threads,
+            memory_limit=config.duckdb_memory_limit,
+        ),
+        "sources": Sources(
+            folder=str(config.source_folder),
+            staging_dir=str(config.warehouse / "_staging" / "sources"),
+            demo=config.source is None,
+            demo_scale=config.demo.scale,
+            demo_seed=config.demo.seed,
+            demo_shift_month=config.demo.shift_month.strftime("%Y-%m"),
+        ),
+    }
+
+
+monthly_pipeline = dg.define_asset_job(
+    "monthly_pipeline",
+    selection=dg.AssetSelection.all(),
+    partitions_def=monthly_partitions,
+    description="Every monthly asset, raw to gold, for the chosen months.",
+)
+
+defs = dg.Definitions(
+    assets=[*raw_assets, *silver_assets, label_store, feature_store],
+    resources=build_resources(settings()),
+    jobs=[monthly_pipeline],
+)

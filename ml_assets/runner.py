@@ -1,0 +1,136 @@
+"""`vintage run`: materialise the graph for a range of months through Dagster, in one run.
+
+The run is recorded in the Dagster instance of DAGSTER_HOME (project-local `.dagster_home` by
+default), so `make dev` shows it in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+
+from ml_assets.months import folder_label, parse_month, partition_key
+from ml_assets.settings import CONFIG_DIR
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+class UsageError(ValueError):
+    """A command-line value the platform cannot act on."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    success: bool
+    first: date
+    last: date
+    seconds_by_asset: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def seconds_by_stage(self) -> dict[str, float]:
+        stages: dict[str, float] = defaultdict(float)
+        for asset, seconds in self.seconds_by_asset.items():
+            stages[asset.split("/", 1)[0]] += seconds
+        return dict(stages)
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to `.dagster_home` in the working directory, with its settings."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(CONFIG_DIR / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def check_warehouse_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"warehouse {path} is not writable: {error.strerror}") from None
+
+
+def resolve_months(first: str | None, last: str | None, partitions_def) -> tuple[date, date]:
+    keys = partitions_def.get_partition_keys()
+    data_first, data_last = parse_month(keys[0]), parse_month(keys[-1])
+    try:
+        start = parse_month(first) if first else data_first
+        end = parse_month(last) if last else data_last
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if start > end:
+        raise UsageError(f"--from {folder_label(start)} is after --to {folder_label(end)}")
+    if start < data_first or end > data_last:
+        raise UsageError(
+            f"months {folder_label(start)}..{folder_label(end)} are outside the data's months "
+            f"{folder_label(data_first)}..{folder_label(data_last)}"
+        )
+    return start, end
+
+
+def resolve_selection(defs: dg.Definitions, select: str | None) -> list[dg.AssetKey]:
+    graph = defs.resolve_asset_graph()
+    known = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
+    if not select:
+        return sorted(graph.get_all_asset_keys())
+    try:
+        keys = dg.AssetSelection.from_string(select).resolve(graph)
+    except Exception as error:  # Dagster raises several kinds for a bad selection string
+        raise UsageError(f"--select {select!r}: {error}") from None
+    if not keys:
+        raise UsageError(f"--select {select!r} matches no asset; assets: {', '.join(known)}")
+    return sorted(keys)
+
+
+def run(first: str | None = None, last: str | None = None, select: str | None = None,
+        verbose: bool = False) -> RunSummary:
+    """Materialise the selected assets for months first..last (default: every month)."""
+    from ml_assets.definitions import defs, monthly_pipeline
+    from ml_assets.partitions import monthly_partitions
+    from ml_assets.settings import settings
+
+    check_warehouse_writable(settings().warehouse)
+    start, end = resolve_months(first, last, monthly_partitions)
+    keys = resolve_selection(defs, select)
+    ensure_dagster_home()
+    job = defs.resolve_job_def(monthly_pipeline.name)
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=keys,
+            tags={RANGE_START: partition_key(start), RANGE_END: partition_key(end)},
+            run_config={"loggers": {"console": {"config": {
+                "log_level": "INFO" if verbose else "WARNING"}}}},
+            raise_on_error=False,
+        )
+    summary = RunSummary(result.run_id, result.success, start, end)
+    for event in result.all_events:
+        if event.is_step_success:
+            asset = event.step_key.replace("__", "/")
+            summary.seconds_by_asset[asset] = event.event_specific_data.duration_ms / 1000
+        elif event.is_step_failure:
+            error = event.event_specific_data.error
+            cause = error.cause or error
+            summary.errors.append(f"{event.step_key.replace('__', '/')}: {cause.message.strip()}")
+    refresh_catalog()
+    return summary
+
+
+def refresh_catalog() -> bool:
+    """Recreate every table's view in the catalog (best effort, see Warehouse.refresh_catalog)."""
+    from ml_assets.definitions import build_resources
+    from ml_assets.settings import settings
+    from ml_assets.tables import all_tables
+
+    return build_resources(settings())["warehouse"].refresh_catalog(all_tables())

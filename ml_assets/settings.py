@@ -1,0 +1,130 @@
+"""The platform's configuration: `config/vintage.yaml`, overridden by environment variables.
+
+Read once per process. `VINTAGE_CONFIG` points at another YAML file;
+`VINTAGE_SOURCE` and `VINTAGE_WAREHOUSE` override the paths.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from ml_assets.months import parse_month
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bundled(folder: str) -> Path:
+    """A folder of the checkout (`sql/`, `config/`), or its copy inside an installed wheel."""
+    in_checkout = PROJECT_ROOT / folder
+    return in_checkout if in_checkout.is_dir() else Path(__file__).parent / f"_{folder}"
+
+
+SQL_DIR = _bundled("sql")
+CONFIG_DIR = _bundled("config")
+
+
+class SettingsError(ValueError):
+    """The configuration file holds a value the platform cannot use."""
+
+
+@dataclass(frozen=True)
+class LabelDefinition:
+    dpd: int
+    mob: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dpd}dpd_{self.mob}mob"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    folder: Path
+    scale: float
+    seed: int
+    shift_month: date
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_file: Path
+    source: Path | None  # None: the embedded demo data
+    warehouse: Path
+    demo: DemoSettings
+    first_month: date | None
+    last_month: date | None
+    label: LabelDefinition
+    clickstream_lookback_months: int
+    duckdb_threads: int | None
+    duckdb_memory_limit: str | None
+
+    @property
+    def source_folder(self) -> Path:
+        return self.source if self.source is not None else self.demo.folder
+
+
+def _optional_month(value, key: str) -> date | None:
+    if value in (None, ""):
+        return None
+    try:
+        return parse_month(str(value))
+    except ValueError as error:
+        raise SettingsError(f"{key}: {error}") from None
+
+
+def _positive_int(value, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SettingsError(f"{key}: expected a whole number >= 1, got {value!r}")
+    return value
+
+
+def load_settings(config_file: Path | None = None, environ: dict | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    path = Path(config_file or environ.get("VINTAGE_CONFIG") or CONFIG_DIR / "vintage.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"configuration file {path} not found") from None
+    paths, demo = raw.get("paths", {}), raw.get("demo", {})
+    months, label = raw.get("months", {}), raw.get("label", {})
+    duck = raw.get("duckdb", {})
+    source = environ.get("VINTAGE_SOURCE") or paths.get("source")
+    warehouse = environ.get("VINTAGE_WAREHOUSE") or paths.get("warehouse") or "warehouse"
+    settings = Settings(
+        config_file=path.resolve(),
+        source=Path(source).resolve() if source else None,
+        warehouse=Path(warehouse).resolve(),
+        demo=DemoSettings(
+            folder=Path(demo.get("folder", "data/demo")).resolve(),
+            scale=float(demo.get("scale", 1)),
+            seed=int(demo.get("seed", 42)),
+            shift_month=_optional_month(demo.get("shift_month", "2024-07"), "demo.shift_month"),
+        ),
+        first_month=_optional_month(months.get("first"), "months.first"),
+        last_month=_optional_month(months.get("last"), "months.last"),
+        label=LabelDefinition(
+            dpd=_positive_int(label.get("dpd", 30), "label.dpd"),
+            mob=_positive_int(label.get("mob", 6), "label.mob"),
+        ),
+        clickstream_lookback_months=_positive_int(
+            raw.get("features", {}).get("clickstream_lookback_months", 3),
+            "features.clickstream_lookback_months",
+        ),
+        duckdb_threads=duck.get("threads"),
+        duckdb_memory_limit=duck.get("memory_limit"),
+    )
+    if settings.first_month and settings.last_month and settings.first_month > settings.last_month:
+        raise SettingsError("months.first is after months.last")
+    return settings
+
+
+@cache
+def settings() -> Settings:
+    """The settings of this process (read once: the code location's shape depends on them)."""
+    return load_settings()

@@ -1,0 +1,50 @@
+"""Every table of the lake: the fixed set the platform reads and writes."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from resources.warehouse import Table
+
+RAW_LMS = Table("raw", "lms_loan_daily", "_snapshot_month", ("_row_number",),
+                "The lms_loan_daily source file's rows of each month, verbatim as text")
+RAW_CLICKSTREAM = Table("raw", "feature_clickstream", "_snapshot_month", ("_row_number",),
+                        "The feature_clickstream source file's rows of each month, verbatim")
+RAW_ATTRIBUTES = Table("raw", "features_attributes", "_snapshot_month", ("_row_number",),
+                       "The features_attributes source file's rows of each month, verbatim")
+RAW_FINANCIALS = Table("raw", "features_financials", "_snapshot_month", ("_row_number",),
+                       "The features_financials source file's rows of each month, verbatim")
+RAW_TABLES = {t.name: t for t in (RAW_LMS, RAW_CLICKSTREAM, RAW_ATTRIBUTES, RAW_FINANCIALS)}
+
+SILVER_LOAN_DAILY = Table("silver", "loan_daily", "snapshot_date", ("loan_id",),
+                          "Typed loan-months with mob, installments missed, first missed date, dpd")
+SILVER_CLICKSTREAM = Table("silver", "clickstream", "snapshot_date", ("customer_id",),
+                           "Typed clickstream features per customer and month")
+SILVER_ATTRIBUTES = Table("silver", "attributes", "snapshot_date", ("customer_id",),
+                          "Cleaned customer attributes at application, without personal data")
+SILVER_FINANCIALS = Table("silver", "financials", "snapshot_date", ("customer_id",),
+                          "Cleaned customer financials at application")
+
+
+def quarantine_of(table: Table) -> Table:
+    """Where the rows a silver transform rejects are kept, with the reason."""
+    return Table(table.schema, f"{table.name}_quarantine", "_snapshot_month",
+                 ("_source_file", "_row_number"),
+                 f"Rows rejected on their way into {table.qualified_name}, with the reason")
+
+
+LABEL_STORE = Table("gold", "label_store", "snapshot_date", ("loan_id",),
+                    "One label per loan at its label month (observation month)")
+FEATURE_STORE = Table("gold", "feature_store", "application_month", ("loan_id",),
+                      "One row per loan with the features known at its application month")
+
+
+def asset_key(table: Table) -> dg.AssetKey:
+    return dg.AssetKey([table.schema, table.name])
+
+
+def all_tables() -> list[Table]:
+    """Every table the platform publishes, quarantines included."""
+    silver = [SILVER_LOAN_DAILY, SILVER_CLICKSTREAM, SILVER_ATTRIBUTES, SILVER_FINANCIALS]
+    return [*RAW_TABLES.values(), *silver, *map(quarantine_of, silver), LABEL_STORE,
+            FEATURE_STORE]

@@ -1,0 +1,280 @@
+"""The lake and its catalog: the one place that publishes a month and refreshes the views.
+
+Every table is a folder of monthly Parquet files, `<warehouse>/<schema>/<table>/month=YYYY-MM/
+part-0.parquet`. A computation writes its months into a hidden staging folder beside them and
+renames each finished file into place, so a reader sees a month whole, old or new, never half
+written, and two processes can publish different months of a table at the same time.
+`<warehouse>/catalog.duckdb` holds one view per table over its folder; new months show up in the
+views without touching the catalog file, so a user holding it open blocks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow.parquet as pq
+
+from ml_assets.months import folder_label, parse_month
+from ml_assets.settings import SQL_DIR
+
+log = logging.getLogger(__name__)
+
+SCHEMAS = ("raw", "silver", "gold", "ml", "monitoring")
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+_MONTH_FOLDER = re.compile(r"^month=(\d{4}-\d{2})$")
+PART_FILE = "part-0.parquet"
+CATALOG_FILE = "catalog.duckdb"
+_STAGING = ".staging"
+
+
+class WarehouseError(RuntimeError):
+    """The lake cannot be read or written as asked."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the lake: a fixed schema and name, and the date column whose month partitions it."""
+
+    schema: str
+    name: str
+    month_column: str
+    key: tuple[str, ...]  # unique within a month; also the order rows are written in
+    description: str = ""
+
+    def __post_init__(self):
+        if self.schema not in SCHEMAS or not _IDENTIFIER.match(self.name):
+            raise WarehouseError(f"invalid table name {self.schema}.{self.name}")
+        for column in (self.month_column, *self.key):
+            if not _IDENTIFIER.match(column.lstrip("_")):
+                raise WarehouseError(f"invalid column name {column!r} in {self.qualified_name}")
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def sql_text(name: str) -> str:
+    """The text of a transform under `sql/`, e.g. `silver/loan_daily`."""
+    return (SQL_DIR / f"{name}.sql").read_text()
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Warehouse(dg.ConfigurableResource):
+    """The Parquet lake with its DuckDB catalog at `path`."""
+
+    path: str
+    threads: int | None = None
+    memory_limit: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG_FILE
+
+    def table_dir(self, table: Table) -> Path:
+        return self.root / table.schema / table.name
+
+    def month_file(self, table: Table, month: date) -> Path:
+        return self.table_dir(table) / f"month={folder_label(month)}" / PART_FILE
+
+    def published_months(self, table: Table) -> list[date]:
+        folder = self.table_dir(table)
+        if not folder.is_dir():
+            return []
+        months = []
+        for child in folder.iterdir():
+            match = _MONTH_FOLDER.match(child.name)
+            if match and (child / PART_FILE).is_file():
+                months.append(parse_month(match.group(1)))
+        return sorted(months)
+
+    # -- computing -------------------------------------------------------------------------
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the platform's macros, spilling under the lake."""
+        spill = self.root / "_tmp" / str(os.getpid())
+        spill.mkdir(parents=True, exist_ok=True)
+        config = {"temp_directory": str(spill)}
+        if self.threads:
+            config["threads"] = self.threads
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        con = duckdb.connect(config=config)
+        con.execute(sql_text("macros"))
+        return con
+
+    def register_input(
+        self, con: duckdb.DuckDBPyConnection, view_name: str, table: Table, months: Iterable[date]
+    ) -> None:
+        """Make the published `months` of `table` readable in `con` as `view_name`.
+
+        Every month asked for must be published: reading around a hole would silently give
+        wrong answers, so it is an error naming the table and the months to materialise first.
+        """
+        months = sorted(set(months))
+        missing = [m for m in months if not self.month_file(table, m).is_file()]
+        if missing:
+            listed = ", ".join(folder_label(m) for m in missing)
+            raise WarehouseError(
+                f"{table.qualified_name} has no published month {listed}; materialise it first"
+            )
+        if not _IDENTIFIER.match(view_name):
+            raise WarehouseError(f"invalid view name {view_name!r}")
+        files = [str(self.month_file(table, m)) for m in months]
+        if files:
+            relation = con.read_parquet(files, union_by_name=True, hive_partitioning=False)
+        else:
+            relation = con.sql("SELECT NULL AS _no_month WHERE false")
+        relation.create_view(view_name, replace=True)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(
+        self, con: duckdb.DuckDBPyConnection, table: Table, relation_sql: str, months: Iterable[date]
+    ) -> dict[date, int]:
+        """Write the rows of `relation_sql` (a query over `con`) as `table`'s `months`, atomically.
+
+        Each month is replaced whole; a month with no rows is published as an empty file with the
+        table's columns. Rows dated outside `months` are an error (nothing is published).
+        Returns the row count per month.
+        """
+        months = sorted(set(months))
+        staging = self._new_staging_dir(table)
+        try:
+            staged = self._stage(con, table, relation_sql, months, staging)
+            for month, staged_file in staged.items():
+                target = self.month_file(table, month)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged_file, target)
+                _fsync(target.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.refresh_catalog([table])
+        return {month: pq.read_metadata(self.month_file(table, month)).num_rows for month in months}
+
+    def _new_staging_dir(self, table: Table) -> Path:
+        base = self.table_dir(table) / _STAGING
+        base.mkdir(parents=True, exist_ok=True)
+        for leftover in base.iterdir():  # from a process that was killed mid-write
+            pid = leftover.name.split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+        staging = base / f"{os.getpid()}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        return staging
+
+    def _stage(
+        self, con, table: Table, relation_sql: str, months: list[date], staging: Path
+    ) -> dict[date, Path]:
+        written = staging / "written"
+        order = ", ".join(table.key)
+        con.execute(
+            f"COPY (SELECT *, strftime({table.month_column}, '%Y-%m') AS __month "
+            f"FROM ({relation_sql}) ORDER BY {order}) TO {_sql_literal(str(written))} "
+            "(FORMAT parquet, PARTITION_BY (__month), COMPRESSION zstd, WRITE_EMPTY_FILE false)"
+        )
+        produced = {}
+        if written.is_dir():
+            for folder in written.iterdir():
+                label = folder.name.removeprefix("__month=")
+                files = sorted(folder.glob("*.parquet"))
+                if label in ("NULL", "__HIVE_DEFAULT_PARTITION__"):
+                    raise WarehouseError(
+                        f"{table.qualified_name}: rows with no {table.month_column}; nothing published"
+                    )
+                if len(files) != 1:
+                    raise WarehouseError(f"{table.qualified_name} {label}: expected one file")
+                produced[parse_month(label)] = files[0]
+        unexpected = sorted(set(produced) - set(months))
+        if unexpected:
+            listed = ", ".join(folder_label(m) for m in unexpected)
+            raise WarehouseError(
+                f"{table.qualified_name}: rows dated {listed}, outside the months being "
+                f"materialised; nothing published"
+            )
+        for month in months:
+            if month not in produced:
+                empty = staging / f"empty-{folder_label(month)}.parquet"
+                con.execute(
+                    f"COPY (SELECT * FROM ({relation_sql}) LIMIT 0) TO {_sql_literal(str(empty))} "
+                    "(FORMAT parquet, COMPRESSION zstd)"
+                )
+                produced[month] = empty
+        for staged_file in produced.values():
+            _fsync(staged_file)
+        return produced
+
+    # -- catalog ---------------------------------------------------------------------------
+
+    def view_sql(self, table: Table) -> str:
+        glob = str(self.table_dir(table).resolve() / "month=*" / "*.parquet")
+        return (
+            f"CREATE OR REPLACE VIEW {table.qualified_name} AS SELECT * FROM read_parquet("
+            f"{_sql_literal(glob)}, union_by_name = true, hive_partitioning = false)"
+        )
+
+    def refresh_catalog(self, tables: Iterable[Table], wait_seconds: float = 3.0) -> bool:
+        """(Re)create the views of `tables` that have data. Best effort: if another process holds
+        the catalog file (a user's shell, say), the views are left for the next refresh rather than
+        blocking the run. Returns whether the catalog was written."""
+        tables = [t for t in tables if self.published_months(t)]
+        if not tables:
+            return True
+        self.root.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                con = duckdb.connect(str(self.catalog_path))
+                break
+            except duckdb.IOException as error:
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "catalog %s is held by another process (%s); views of %s not refreshed "
+                        "now: they refresh at the next run or with `vintage catalog refresh`",
+                        self.catalog_path, error, ", ".join(t.qualified_name for t in tables),
+                    )
+                    return False
+                time.sleep(0.1)
+        try:
+            for schema in SCHEMAS:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            for table in tables:
+                con.execute(self.view_sql(table))
+        finally:
+            con.close()
+        return True

@@ -1,0 +1,64 @@
+-- Parsing rules shared by every transform; each says which dirty input it is for.
+-- Loaded into every DuckDB connection the platform opens (resources/warehouse.py).
+
+-- A source date: ISO `2023-01-31` (also with a time of day) or US `1/31/2023`.
+CREATE OR REPLACE MACRO parse_source_date(text) AS
+    try_strptime(trim(text), ['%Y-%m-%d', '%Y-%m-%d %H:%M:%S', '%m/%d/%Y'])::DATE;
+
+-- A number as the course files write it: `52312.68_` and `40_` carry a stray trailing
+-- underscore and mean 52312.68 and 40. Anything else that is not a finite number is NULL,
+-- among them the placeholders `_` and `__10000__`.
+CREATE OR REPLACE MACRO parse_number(text) AS (
+    CASE WHEN isfinite(TRY_CAST(regexp_replace(trim(text), '_+$', '') AS DOUBLE))
+         THEN TRY_CAST(regexp_replace(trim(text), '_+$', '') AS DOUBLE) END);
+
+-- The stray trailing underscore of the course files on an otherwise good number.
+CREATE OR REPLACE MACRO has_trailing_underscore(text) AS
+    coalesce(regexp_full_match(trim(text), '[-+]?[0-9]+(\.[0-9]*)?_+'), false);
+
+-- A placeholder standing for "unknown": underscores alone (`_`, `_______`) or a number
+-- wrapped in underscores (the sentinel `__10000__`).
+CREATE OR REPLACE MACRO is_placeholder(text) AS
+    coalesce(regexp_full_match(trim(text), '_+|_+[-+]?[0-9.]+_+'), false);
+
+-- Text in a numeric column that is neither a number nor a known placeholder.
+CREATE OR REPLACE MACRO is_unknown_text(text) AS
+    coalesce(trim(text) <> '' AND parse_number(text) IS NULL AND NOT is_placeholder(text), false);
+
+-- A numeric source column, cleaned, with what each rule did to it. `value` is the number if it
+-- lies in [low, high] (and is integral when `whole`), else NULL. The transforms name these
+-- structs `num__<column>` (`int__<column>` for whole numbers); the silver asset counts every
+-- boolean field of them as a cleaning rule.
+CREATE OR REPLACE MACRO clean_number(text, low, high, whole := false) AS {
+    'text': text,
+    'value': CASE WHEN parse_number(text) BETWEEN low AND high
+                   AND (NOT whole OR parse_number(text) = round(parse_number(text)))
+                  THEN parse_number(text) END,
+    'trailing_underscore': has_trailing_underscore(text),
+    'placeholder': is_placeholder(text),
+    'out_of_range': coalesce(NOT parse_number(text) BETWEEN low AND high, false),
+    'not_whole': coalesce(whole AND parse_number(text) <> round(parse_number(text)), false),
+    'unknown_text': is_unknown_text(text)
+};
+
+-- Why a row cannot be kept because of one cleaned number (NULL if it can). Text that is not a
+-- number always rejects the row; with `strict`, so does a value out of range (ledger amounts,
+-- where a NULL would silently change the delinquency arithmetic). `struct_name` is the
+-- cleaned struct's column name, `num__Annual_Income`, passed as alias(COLUMNS(...)).
+CREATE OR REPLACE MACRO number_problem(struct_name, cleaned, strict) AS
+    CASE WHEN cleaned.unknown_text
+         THEN format('{} is not a number: {}', regexp_replace(struct_name, '^[a-z]+__', ''),
+                     cleaned.text)
+         WHEN strict AND (cleaned.out_of_range OR cleaned.not_whole)
+         THEN format('{} out of range: {}', regexp_replace(struct_name, '^[a-z]+__', ''),
+                     cleaned.text) END;
+
+-- A categorical source column: a value outside `allowed` (placeholders such as `_` or
+-- `!@9#%8` among them) becomes NULL. An empty `allowed` list keeps any value but placeholders.
+-- The transforms name these structs `cat__<column>`.
+CREATE OR REPLACE MACRO clean_category(text, allowed) AS {
+    'value': CASE WHEN trim(text) = '' OR is_placeholder(text) THEN NULL
+                  WHEN len(allowed) = 0 OR list_contains(allowed, trim(text)) THEN trim(text) END,
+    'not_allowed': coalesce(trim(text) <> '' AND (is_placeholder(text)
+                   OR (len(allowed) > 0 AND NOT list_contains(allowed, trim(text)))), false)
+};

@@ -1,0 +1,44 @@
+"""Shared test helpers: run a transform from sql/ on small hand-made tables."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from resources.warehouse import sql_text
+
+LINEAGE_TYPES = {"_row_number": pa.int64(), "_snapshot_month": pa.date32(),
+                 "_source_file": pa.string()}
+
+
+def text_table(rows: list[dict], columns: list[str]) -> pa.Table:
+    """Rows as a raw table: every source column text, lineage columns typed."""
+    rows = [
+        {"_row_number": i + 1, "_source_file": "test.csv", **row} for i, row in enumerate(rows)
+    ]
+    for row in rows:
+        if "_snapshot_month" not in row and row.get("snapshot_date"):
+            day = date.fromisoformat(row["snapshot_date"])
+            row["_snapshot_month"] = day.replace(day=1)
+    names = [*columns, "_row_number", "_source_file", "_snapshot_month"]
+    schema = pa.schema([(c, LINEAGE_TYPES.get(c, pa.string())) for c in names])
+    return pa.Table.from_pylist([{c: r.get(c) for c in names} for r in rows], schema=schema)
+
+
+def run_transform(sql_name: str, inputs: dict[str, pa.Table], params: dict | None = None):
+    """The rows of `sql/<sql_name>.sql` over `inputs` (view name -> table), as dicts."""
+    con = duckdb.connect()
+    con.execute(sql_text("macros"))
+    for view, table in inputs.items():
+        con.register(view, table)
+    result = con.execute(sql_text(sql_name), params or {})
+    columns = [d[0] for d in result.description]
+    return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+
+
+@pytest.fixture
+def transform():
+    return run_transform
