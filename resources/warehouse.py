@@ -127,14 +127,20 @@ class Warehouse(dg.ConfigurableResource):
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the platform's macros, spilling under the lake."""
-        spill = self.root / "_tmp" / str(os.getpid())
-        spill.mkdir(parents=True, exist_ok=True)
+        spill_root = self.root / "_tmp"
+        spill_root.mkdir(parents=True, exist_ok=True)
+        for leftover in spill_root.iterdir():  # spill folders of processes that have ended
+            if leftover.name.isdigit() and not _pid_alive(int(leftover.name)):
+                shutil.rmtree(leftover, ignore_errors=True)
+        spill = spill_root / str(os.getpid())
+        spill.mkdir(exist_ok=True)
         config = {"temp_directory": str(spill)}
         if self.threads:
             config["threads"] = self.threads
         if self.memory_limit:
             config["memory_limit"] = self.memory_limit
         con = duckdb.connect(config=config)
+        con.execute("SET enable_progress_bar = false")
         con.execute(sql_text("macros"))
         return con
 
@@ -206,7 +212,7 @@ class Warehouse(dg.ConfigurableResource):
         con.execute(
             f"COPY (SELECT *, strftime({table.month_column}, '%Y-%m') AS __month "
             f"FROM ({relation_sql}) ORDER BY {order}) TO {_sql_literal(str(written))} "
-            "(FORMAT parquet, PARTITION_BY (__month), COMPRESSION zstd, WRITE_EMPTY_FILE false)"
+            "(FORMAT parquet, PARTITION_BY (__month), COMPRESSION zstd)"
         )
         produced = {}
         if written.is_dir():

@@ -1,0 +1,129 @@
+"""The label and feature store logic on hand-made loans."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+LABEL = {"label_dpd": 30, "label_mob": 6, "label_def": "30dpd_6mob"}
+
+
+def loan_month(loan: str, start: date, snapshot: date, mob: int, dpd: int) -> dict:
+    return {"loan_id": loan, "customer_id": loan.split("_")[0], "loan_start_date": start,
+            "snapshot_date": snapshot, "mob": mob, "dpd": dpd}
+
+
+def test_label_is_dpd_at_mob(transform):
+    start = date(2023, 1, 1)
+    rows = pa.Table.from_pylist([
+        loan_month("A_1", start, date(2023, 7, 1), 6, 30),   # exactly 30 days: default
+        loan_month("B_1", start, date(2023, 7, 1), 6, 29),   # 29: not
+        loan_month("C_1", start, date(2023, 7, 1), 6, 0),
+        loan_month("D_1", start, date(2023, 6, 1), 5, 90),   # not at mob 6: no label row
+        loan_month("E_1", start, date(2023, 8, 1), 7, 90),
+    ])
+    labels = {r["loan_id"]: r for r in transform("gold/label_store",
+                                                 {"silver_loan_daily": rows}, LABEL)}
+    assert set(labels) == {"A_1", "B_1", "C_1"}
+    assert [labels[k]["label"] for k in ("A_1", "B_1", "C_1")] == [1, 0, 0]
+    assert labels["A_1"]["label_def"] == "30dpd_6mob"
+    assert labels["A_1"]["snapshot_date"] == date(2023, 7, 1)
+    assert labels["A_1"]["application_month"] == date(2023, 1, 1)
+
+
+def test_label_definition_is_configuration(transform):
+    rows = pa.Table.from_pylist([loan_month("A_1", date(2023, 1, 1), date(2023, 4, 1), 3, 61)])
+    params = {"label_dpd": 60, "label_mob": 3, "label_def": "60dpd_3mob"}
+    [row] = transform("gold/label_store", {"silver_loan_daily": rows}, params)
+    assert (row["label"], row["label_def"]) == (1, "60dpd_3mob")
+
+
+APRIL = date(2024, 4, 1)
+
+
+def feature_inputs(clickstream: list[dict], attributes=None, financials=None):
+    loans = pa.Table.from_pylist([
+        loan_month("C1_2024_04_01", APRIL, APRIL, 0, 0),
+        loan_month("C1_2024_04_01", APRIL, date(2024, 5, 1), 1, 0),  # later month of same loan
+        loan_month("C2_2024_04_01", APRIL, APRIL, 0, 0),
+        loan_month("C3_2024_03_01", date(2024, 3, 1), APRIL, 1, 0),  # started earlier
+    ])
+    attributes = attributes or [
+        {"customer_id": "C1", "snapshot_date": APRIL, "age": 30, "occupation": "Lawyer",
+         "ssn_valid": True},
+        {"customer_id": "C2", "snapshot_date": APRIL, "age": 40, "occupation": None,
+         "ssn_valid": False},
+    ]
+    financials = financials or [
+        {"customer_id": "C1", "snapshot_date": APRIL, "annual_income": 50000.0,
+         "credit_mix": "Good"},
+        {"customer_id": "C2", "snapshot_date": APRIL, "annual_income": 20000.0,
+         "credit_mix": None},
+    ]
+    return {
+        "silver_loan_daily": loans,
+        "silver_attributes": pa.Table.from_pylist(attributes),
+        "silver_financials": pa.Table.from_pylist(financials),
+        "silver_clickstream": pa.Table.from_pylist(clickstream),
+    }
+
+
+def click(customer: str, month: date, fe_1: int, fe_2: int) -> dict:
+    return {"customer_id": customer, "snapshot_date": month, "fe_1": fe_1, "fe_2": fe_2}
+
+
+def features(transform, clickstream, lookback=3, **inputs):
+    rows = transform("gold/feature_store", feature_inputs(clickstream, **inputs),
+                     {"lookback_months": lookback})
+    return {r["loan_id"]: r for r in rows}
+
+
+def test_one_row_per_loan_started_in_the_month(transform):
+    rows = features(transform, [click("C1", APRIL, 1, 2)])
+    assert sorted(rows) == ["C1_2024_04_01", "C2_2024_04_01"]
+    assert rows["C1_2024_04_01"]["application_month"] == APRIL
+    assert rows["C1_2024_04_01"]["age"] == 30
+    assert rows["C1_2024_04_01"]["annual_income"] == 50000.0
+    assert "ssn_valid" not in rows["C1_2024_04_01"]
+
+
+def test_clickstream_after_the_application_month_is_never_used(transform):
+    rows = features(transform, [
+        click("C1", date(2024, 2, 1), 10, -20),
+        click("C1", date(2024, 3, 1), 20, -40),
+        click("C1", APRIL, 30, -60),
+        click("C1", date(2024, 5, 1), 1000, 1000),   # after application: must not count
+        click("C1", date(2024, 12, 1), 5000, 5000),
+    ])
+    loan = rows["C1_2024_04_01"]
+    assert loan["fe_1_latest"] == 30 and loan["fe_2_latest"] == -60
+    assert loan["fe_1_mean"] == pytest.approx(20.0) and loan["fe_2_mean"] == pytest.approx(-40.0)
+    assert loan["clickstream_months"] == 3
+    assert loan["features_as_of"] == APRIL
+
+
+def test_clickstream_lookback_window(transform):
+    history = [click("C1", date(2024, m, 1), m, m) for m in (1, 2, 3, 4)]
+    loan = features(transform, history, lookback=2)["C1_2024_04_01"]
+    assert loan["clickstream_months"] == 2 and loan["fe_1_mean"] == pytest.approx(3.5)
+    loan = features(transform, history, lookback=4)["C1_2024_04_01"]
+    assert loan["clickstream_months"] == 4 and loan["fe_1_mean"] == pytest.approx(2.5)
+
+
+def test_latest_is_the_latest_snapshot_before_application(transform):
+    loan = features(transform, [click("C1", date(2024, 2, 1), 7, 7)])["C1_2024_04_01"]
+    assert loan["fe_1_latest"] == 7 and loan["features_as_of"] == APRIL
+
+
+def test_loan_without_clickstream_keeps_its_row(transform):
+    loan = features(transform, [click("C1", APRIL, 1, 1)])["C2_2024_04_01"]
+    assert loan["clickstream_months"] == 0 and loan["fe_1_latest"] is None
+
+
+def test_attributes_dated_after_the_loan_start_are_not_used(transform):
+    late = [{"customer_id": "C1", "snapshot_date": date(2024, 4, 20), "age": 99,
+             "occupation": "Writer", "ssn_valid": True}]
+    loan = features(transform, [click("C1", APRIL, 1, 1)], attributes=late)["C1_2024_04_01"]
+    assert loan["age"] is None and loan["features_as_of"] == APRIL
