@@ -1,7 +1,6 @@
 """Gold: the label store (by observation month) and the point-in-time feature store (by
 application month)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """What every lake asset does: read its upstream months, run its SQL, publish, describe."""
 
-from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass

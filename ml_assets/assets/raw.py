@@ -1,6 +1,5 @@
 """Raw (bronze): each source file's rows of the month, verbatim as text, with lineage."""
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 

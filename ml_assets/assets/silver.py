@@ -6,7 +6,6 @@ which rule changed the value, `_reject_reason` (NULL for a kept row) and the raw
 columns. Columns whose names start with `_` or contain `__` never reach the silver table.
 """
 
-from __future__ import annotations
 
 import re
 from collections import defaultdict
