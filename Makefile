@@ -40,7 +40,7 @@ lint: env
 	$(BIN)/ruff check .
 
 dev: env
-	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	$(BIN)/vintage ui --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf warehouse data/demo .dagster_home/storage .dagster_home/history .dagster_home/schedules

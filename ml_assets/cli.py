@@ -81,6 +81,20 @@ def cmd_catalog_refresh(args) -> int:
     return EXIT_FAILED
 
 
+def cmd_ui(args) -> int:
+    """The Dagster UI and daemon (`dagster dev`) on this code location."""
+    _set_paths(args)
+    from ml_assets.runner import ensure_dagster_home
+    from ml_assets.settings import PROJECT_ROOT
+
+    ensure_dagster_home()
+    workspace = PROJECT_ROOT / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "ml_assets.definitions"]
+    dagster = Path(sys.executable).parent / "dagster"
+    command = [str(dagster), "dev", *target, "-h", args.host, "-p", str(args.port)]
+    os.execv(command[0], command)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vintage", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -113,6 +127,13 @@ def parser() -> argparse.ArgumentParser:
     add_paths(demo, source=False)
     demo.add_argument("--verbose", action="store_true")
     demo.set_defaults(handler=cmd_demo)
+
+    ui = commands.add_parser("ui", help="the Dagster UI and daemon (dagster dev)")
+    add_paths(ui)
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="interface to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(handler=cmd_ui)
 
     catalog = commands.add_parser("catalog", help="the DuckDB catalog of the lake")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)

@@ -59,7 +59,8 @@ def locate(folder: Path, name: str) -> Path:
     folder = folder.resolve()
     if not folder.is_dir():
         raise SourceError(f"source folder {folder} does not exist")
-    found = [folder / f"{name}{suffix}" for suffix in SUFFIXES if (folder / f"{name}{suffix}").exists()]
+    found = [folder / f"{name}{suffix}" for suffix in SUFFIXES]
+    found = [path for path in found if path.exists()]
     if not found:
         raise SourceError(f"{folder}: no {name}.csv, {name}.parquet or {name}.zip")
     if len(found) > 1:
@@ -146,12 +147,14 @@ def _write_staged(file: Path, target: Path) -> tuple[tuple[str, ...], int]:
             schema = pa.schema([(c, pa.string()) for c in columns] + [(ROW_NUMBER, pa.int64())])
             with pq.ParquetWriter(target, schema, compression="zstd") as writer:
                 for batch in batches:
-                    numbers = pa.array(np.arange(rows + 1, rows + batch.num_rows + 1, dtype=np.int64))
+                    numbers = pa.array(np.arange(rows + 1, rows + batch.num_rows + 1))
                     writer.write_batch(batch.append_column(ROW_NUMBER, numbers))
                     rows += batch.num_rows
     except _UNREADABLE as error:
         where = f"after data row {rows}" if rows else "at its start"
-        raise SourceError(f"{file}: corrupt or truncated file, unreadable {where}: {error}") from None
+        raise SourceError(
+            f"{file}: corrupt or truncated file, unreadable {where}: {error}"
+        ) from None
     return tuple(columns), rows
 
 

@@ -44,7 +44,8 @@ class WarehouseError(RuntimeError):
 
 @dataclass(frozen=True)
 class Table:
-    """A table of the lake: a fixed schema and name, and the date column whose month partitions it."""
+    """A table of the lake: a fixed schema and name, and the date column whose month
+    partitions it."""
 
     schema: str
     name: str
@@ -171,7 +172,11 @@ class Warehouse(dg.ConfigurableResource):
     # -- publishing ------------------------------------------------------------------------
 
     def publish(
-        self, con: duckdb.DuckDBPyConnection, table: Table, relation_sql: str, months: Iterable[date]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: Table,
+        relation_sql: str,
+        months: Iterable[date],
     ) -> dict[date, int]:
         """Write the rows of `relation_sql` (a query over `con`) as `table`'s `months`, atomically.
 
@@ -221,7 +226,8 @@ class Warehouse(dg.ConfigurableResource):
                 files = sorted(folder.glob("*.parquet"))
                 if label in ("NULL", "__HIVE_DEFAULT_PARTITION__"):
                     raise WarehouseError(
-                        f"{table.qualified_name}: rows with no {table.month_column}; nothing published"
+                        f"{table.qualified_name}: rows with no {table.month_column}; "
+                        "nothing published"
                     )
                 if len(files) != 1:
                     raise WarehouseError(f"{table.qualified_name} {label}: expected one file")

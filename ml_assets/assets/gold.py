@@ -43,7 +43,8 @@ def label_store(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None
         compute(con, "gold/label_store",
                 {"label_dpd": label.dpd, "label_mob": label.mob, "label_def": label.name})
         rates = dict(con.execute(
-            f"SELECT date_trunc('month', snapshot_date)::DATE, avg(label) FROM {RESULT} GROUP BY ALL"
+            f"SELECT date_trunc('month', snapshot_date)::DATE, avg(label) FROM {RESULT} "
+            "GROUP BY ALL"
         ).fetchall())
         per_month = {m: {"label_def": label.name, "label_rate": float(rates.get(m) or 0.0)}
                      for m in months}

@@ -78,7 +78,8 @@ def publish(
                 "path": dg.MetadataValue.path(str(warehouse.month_file(table, month))),
                 "query": dg.MetadataValue.md(
                     f"`duckdb {warehouse.catalog_path}`\n\n```sql\nSELECT * FROM "
-                    f"{table.qualified_name} WHERE date_trunc('month', {table.month_column}) = DATE "
+                    f"{table.qualified_name}\nWHERE date_trunc('month', {table.month_column}) = "
+                    "DATE "
                     f"'{month.isoformat()}' LIMIT 10\n```"
                 ),
                 **(per_month or {}).get(month, {}),

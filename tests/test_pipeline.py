@@ -1,0 +1,190 @@
+"""The real asset graph materialised in process on small generated demo data."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import date
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from ml_assets.definitions import defs, monthly_pipeline
+from ml_assets.demo.generator import generate
+from ml_assets.months import add_months
+from ml_assets.partitions import monthly_partitions
+from ml_assets.runner import RANGE_END, RANGE_START
+from resources.sources import Sources
+from resources.warehouse import Warehouse
+
+SCALE = 0.04  # 500 customers, 20 loans a month
+
+
+def materialise(warehouse: Warehouse, sources: Sources, first: str, last: str,
+                selection: list[dg.AssetKey] | None = None, instance=None):
+    job = defs.resolve_job_def(monthly_pipeline.name)
+    result = job.execute_in_process(
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        asset_selection=selection,
+        tags={RANGE_START: first, RANGE_END: last},
+        resources={"warehouse": warehouse, "sources": sources},
+    )
+    assert result.success
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    generate(root / "demo", scale=SCALE, seed=7)
+    warehouse = Warehouse(path=str(root / "warehouse"))
+    sources = Sources(folder=str(root / "demo"), staging_dir=str(root / "warehouse/_staging"))
+    instance = dg.DagsterInstance.ephemeral()
+    keys = monthly_partitions.get_partition_keys()
+    result = materialise(warehouse, sources, keys[0], keys[-1], instance=instance)
+    return root, warehouse, sources, instance, result
+
+
+def catalog(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(warehouse.catalog_path), read_only=True)
+
+
+def test_catalog_has_every_table_populated(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        views = {f"{s}.{v}" for s, v in con.execute(
+            "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        expected = {"raw.lms_loan_daily", "raw.feature_clickstream", "raw.features_attributes",
+                    "raw.features_financials", "silver.loan_daily", "silver.clickstream",
+                    "silver.attributes", "silver.financials", "gold.label_store",
+                    "gold.feature_store"}
+        assert expected <= views
+        for view in expected:
+            assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] > 0, view
+
+
+def independent_labels(lms_csv) -> pd.DataFrame:
+    """The course definition computed straight from the raw lms file with pandas."""
+    lms = pd.read_csv(lms_csv, dtype=str)
+    at_mob = lms[lms["installment_num"].astype(int) == 6].copy()
+    overdue = at_mob["overdue_amt"].astype(float)
+    due = at_mob["due_amt"].astype(float)
+    snapshot = pd.to_datetime(at_mob["snapshot_date"])
+    missed = [math.ceil(o / d) if o > 0 else 0 for o, d in zip(overdue, due, strict=True)]
+    first_missed = [s - pd.DateOffset(months=m) for s, m in zip(snapshot, missed, strict=True)]
+    dpd = [(s - f).days if o > 0 else 0
+           for s, f, o in zip(snapshot, first_missed, overdue, strict=True)]
+    at_mob["label"] = [int(d >= 30) for d in dpd]
+    return at_mob.set_index("loan_id")["label"].sort_index()
+
+
+def test_label_store_equals_the_course_definition(demo):
+    root, warehouse, *_ = demo
+    expected = independent_labels(root / "demo" / "lms_loan_daily.csv")
+    with catalog(warehouse) as con:
+        store = con.execute("SELECT loan_id, label, label_def, snapshot_date, application_month "
+                            "FROM gold.label_store").df().set_index("loan_id").sort_index()
+    assert len(store) == len(expected) > 0
+    assert store["label"].astype(int).equals(expected.astype(int))
+    assert set(store["label_def"]) == {"30dpd_6mob"}
+    months_apart = store.apply(
+        lambda r: (r.snapshot_date.year - r.application_month.year) * 12
+        + r.snapshot_date.month - r.application_month.month, axis=1)
+    assert set(months_apart) == {6}
+    assert 0.15 < store["label"].mean() < 0.45
+
+
+def test_feature_store_has_exactly_one_row_per_loan(demo):
+    root, warehouse, *_ = demo
+    loans = pd.read_csv(root / "demo" / "lms_loan_daily.csv", usecols=["loan_id"])["loan_id"]
+    with catalog(warehouse) as con:
+        rows, distinct, late = con.execute(
+            "SELECT count(*), count(DISTINCT loan_id), "
+            "count_if(date_trunc('month', features_as_of) > application_month) "
+            "FROM gold.feature_store").fetchone()
+    assert rows == distinct == loans.nunique()
+    assert late == 0
+
+
+def test_no_personal_data_past_raw(demo):
+    _, warehouse, *_ = demo
+    ssn = re.compile(r"^\d{3}-\d{2}-\d{4}$")
+    with catalog(warehouse) as con:
+        for view in ("silver.attributes", "silver.financials", "silver.loan_daily",
+                     "silver.clickstream", "gold.label_store", "gold.feature_store"):
+            columns = [c.lower() for c in con.execute(f"SELECT * FROM {view} LIMIT 0").df()]
+            assert not [c for c in columns if "name" in c or "ssn" in c.replace("ssn_valid", "")]
+            texts = con.execute(f"SELECT * FROM {view}").df().select_dtypes("object")
+            for column in texts:
+                assert not texts[column].astype(str).str.match(ssn).any(), (view, column)
+
+
+def test_rematerialising_a_month_gives_identical_tables(demo):
+    _, warehouse, sources, instance, _ = demo
+    month = "2024-03-01"
+    tables = ["silver.loan_daily", "silver.financials", "gold.feature_store", "gold.label_store",
+              "raw.features_financials"]
+
+    def snapshot():
+        with catalog(warehouse) as con:
+            return {t: con.execute(f"SELECT * EXCLUDE (COLUMNS('_ingested_at')) FROM {t} "
+                                   "ORDER BY ALL").fetchall() for t in tables}
+
+    before = snapshot()
+    materialise(warehouse, sources, month, month, instance=instance)
+    assert snapshot() == before
+
+
+def test_materialisations_carry_metadata_per_month(demo):
+    *_, instance, _ = demo
+    event = instance.get_latest_materialization_event(
+        dg.AssetKey(["silver", "financials"]))
+    assert event is not None
+    metadata = event.asset_materialization.metadata
+    assert metadata["dagster/row_count"].value > 0
+    columns = {c.name for c in metadata["dagster/column_schema"].schema.columns}
+    assert {"annual_income", "credit_history_age_months", "spend_level"} <= columns
+    assert "preview" in metadata and "cleaning_rules" in metadata
+    counts = metadata["cleaning_rule_counts"].value
+    assert counts["trailing_underscore.Annual_Income"] >= 0
+    assert sum(counts.values()) == metadata["values_changed_by_rules"].value
+
+
+def test_silver_rule_counts_match_the_dirt_in_raw(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        raw_underscored = con.execute(
+            "SELECT count(*) FROM raw.features_financials "
+            "WHERE regexp_full_match(Annual_Income, '[0-9.]+_')").fetchone()[0]
+        nulls = con.execute("SELECT count_if(credit_mix IS NULL), count(*) "
+                            "FROM silver.financials").fetchone()
+    assert raw_underscored > 0
+    assert 0.1 < nulls[0] / nulls[1] < 0.35  # about 20% `_` credit mix
+
+
+def test_application_month_of_every_label_is_in_the_feature_store(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        orphans = con.execute(
+            "SELECT count(*) FROM gold.label_store l ANTI JOIN gold.feature_store f "
+            "USING (loan_id, application_month)").fetchone()[0]
+    assert orphans == 0
+
+
+def test_a_month_with_missing_upstream_fails_clearly(tmp_path):
+    warehouse = Warehouse(path=str(tmp_path / "wh"))
+    sources = Sources(folder=str(tmp_path / "none"), staging_dir=str(tmp_path / "st"))
+    job = defs.resolve_job_def(monthly_pipeline.name)
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        asset_selection=[dg.AssetKey(["gold", "label_store"])],
+        partition_key=add_months(date(2024, 1, 1), 0).isoformat(),
+        resources={"warehouse": warehouse, "sources": sources},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.event_specific_data.error.cause.message
+    assert "silver.loan_daily has no published month 2024-01; materialise it first" in message
