@@ -7,7 +7,6 @@ import dagster as dg
 from ml_assets.assets.gold import feature_store, label_store
 from ml_assets.assets.raw import raw_assets
 from ml_assets.assets.silver import silver_assets
-from ml_assets.partitions import monthly_partitions
 from ml_assets.settings import Settings, settings
 from resources.sources import Sources
 from resources.warehouse import Warehouse
@@ -34,12 +33,15 @@ def build_resources(config: Settings) -> dict:
 monthly_pipeline = dg.define_asset_job(
     "monthly_pipeline",
     selection=dg.AssetSelection.all(),
-    partitions_def=monthly_partitions,
     description="Every monthly asset, raw to gold, for the chosen months.",
 )
 
-defs = dg.Definitions(
-    assets=[*raw_assets, *silver_assets, label_store, feature_store],
-    resources=build_resources(settings()),
-    jobs=[monthly_pipeline],
-)
+ASSETS = [*raw_assets, *silver_assets, label_store, feature_store]
+
+
+def build_definitions(resources: dict) -> dg.Definitions:
+    """The code location over the given resources (tests pass their own warehouse)."""
+    return dg.Definitions(assets=ASSETS, resources=resources, jobs=[monthly_pipeline])
+
+
+defs = build_definitions(build_resources(settings()))
