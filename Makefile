@@ -6,7 +6,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-UV := $(shell command -v uv 2>/dev/null || echo $(VENV)/bootstrap/bin/uv)
+UV := $(shell command -v uv 2>/dev/null || echo .bootstrap/bin/uv)
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 HOST ?= 127.0.0.1
@@ -17,10 +17,10 @@ PYTEST_ARGS ?=
 
 env: $(BIN)/vintage $(DAGSTER_HOME)/dagster.yaml
 
-# uv comes from PATH, or is bootstrapped with pip into .venv/bootstrap
-$(VENV)/bootstrap/bin/uv:
-	$(PYTHON) -m venv $(VENV)/bootstrap
-	$(VENV)/bootstrap/bin/pip install --quiet uv
+# uv comes from PATH, or is bootstrapped with pip into .bootstrap
+.bootstrap/bin/uv:
+	$(PYTHON) -m venv .bootstrap
+	PIP_DISABLE_PIP_VERSION_CHECK=1 .bootstrap/bin/pip install --quiet uv
 
 $(BIN)/vintage: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
@@ -43,4 +43,4 @@ dev: env
 	$(BIN)/vintage ui --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf warehouse data/demo .dagster_home/storage .dagster_home/history .dagster_home/schedules
+	rm -rf .bootstrap warehouse data/demo .dagster_home/storage .dagster_home/history .dagster_home/schedules
