@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import date
 
 import dagster as dg
+import pyarrow as pa
 
 from ml_assets.months import add_months, parse_month, partition_key
 from ml_assets.settings import Settings, settings
@@ -38,12 +39,24 @@ def monthly_partitions_def(config: Settings) -> dg.MonthlyPartitionsDefinition:
 
 monthly_partitions = monthly_partitions_def(settings())
 
+
+def _window(start_offset: int, end_offset: int) -> dg.TimeWindowPartitionMapping:
+    return dg.TimeWindowPartitionMapping(
+        start_offset=start_offset, end_offset=end_offset, allow_nonexistent_upstream_partitions=True
+    )
+
+
+# The time rules, as partition mappings; every window the transforms use comes from these.
 # Point in time: a feature of application month S reads clickstream of S and the months before it.
-clickstream_window = dg.TimeWindowPartitionMapping(
-    start_offset=-(settings().clickstream_lookback_months - 1),
-    end_offset=0,
-    allow_nonexistent_upstream_partitions=True,
-)
+clickstream_window = _window(-(settings().clickstream_lookback_months - 1), 0)
+
+
+def training_windows(window_months: int, mob: int) -> tuple[dg.TimeWindowPartitionMapping, ...]:
+    """For training month T: the label months T-window..T-1 (labels observed before T only),
+    and their application months, `mob` months earlier, in the feature store."""
+    labels = _window(-window_months, -1)
+    features = _window(-window_months - mob, -1 - mob)
+    return labels, features
 
 
 def run_months(context: dg.AssetExecutionContext) -> list[date]:
@@ -65,3 +78,12 @@ def upstream_months(
         subset, partitions_def, partitions_def
     )
     return sorted(parse_month(key) for key in result.partitions_subset.get_partition_keys())
+
+
+def window_pairs(mapping: dg.PartitionMapping, months: Iterable[date]) -> pa.Table:
+    """(month, upstream_month) for every month and each upstream month `mapping` gives it: the
+    window a transform joins on, so its SQL needs no month arithmetic of its own."""
+    pairs = [(month, upstream) for month in sorted(set(months))
+             for upstream in upstream_months(mapping, [month])]
+    return pa.table({"month": pa.array([p[0] for p in pairs], pa.date32()),
+                     "upstream_month": pa.array([p[1] for p in pairs], pa.date32())})

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 SCHEMAS = ("raw", "silver", "gold", "ml", "monitoring")
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 _MONTH_FOLDER = re.compile(r"^month=(\d{4}-\d{2})$")
-PART_FILE = "part-0.parquet"
+DEFAULT_PART = "part-0"  # a month is one file, unless several writers share a table (see publish)
+_PART = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 CATALOG_FILE = "catalog.duckdb"
 _STAGING = ".staging"
 
@@ -110,8 +111,18 @@ class Warehouse(dg.ConfigurableResource):
     def table_dir(self, table: Table) -> Path:
         return self.root / table.schema / table.name
 
-    def month_file(self, table: Table, month: date) -> Path:
-        return self.table_dir(table) / f"month={folder_label(month)}" / PART_FILE
+    def month_dir(self, table: Table, month: date) -> Path:
+        return self.table_dir(table) / f"month={folder_label(month)}"
+
+    def month_file(self, table: Table, month: date, part: str = DEFAULT_PART) -> Path:
+        if not _PART.match(part):
+            raise WarehouseError(f"invalid part name {part!r}")
+        return self.month_dir(table, month) / f"{part}.parquet"
+
+    def month_files(self, table: Table, month: date) -> list[Path]:
+        """Every part of a published month (one, unless several writers share the table)."""
+        folder = self.month_dir(table, month)
+        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
     def published_months(self, table: Table) -> list[date]:
         folder = self.table_dir(table)
@@ -120,7 +131,7 @@ class Warehouse(dg.ConfigurableResource):
         months = []
         for child in folder.iterdir():
             match = _MONTH_FOLDER.match(child.name)
-            if match and (child / PART_FILE).is_file():
+            if match and any(child.glob("*.parquet")):
                 months.append(parse_month(match.group(1)))
         return sorted(months)
 
@@ -154,7 +165,7 @@ class Warehouse(dg.ConfigurableResource):
         wrong answers, so it is an error naming the table and the months to materialise first.
         """
         months = sorted(set(months))
-        missing = [m for m in months if not self.month_file(table, m).is_file()]
+        missing = [m for m in months if not self.month_files(table, m)]
         if missing:
             listed = ", ".join(folder_label(m) for m in missing)
             raise WarehouseError(
@@ -162,11 +173,15 @@ class Warehouse(dg.ConfigurableResource):
             )
         if not _IDENTIFIER.match(view_name):
             raise WarehouseError(f"invalid view name {view_name!r}")
-        files = [str(self.month_file(table, m)) for m in months]
+        files = [str(path) for m in months for path in self.month_files(table, m)]
         if files:
             relation = con.read_parquet(files, union_by_name=True, hive_partitioning=False)
-        else:
-            relation = con.sql("SELECT NULL AS _no_month WHERE false")
+        else:  # a window wholly before the first month: no rows, but the table's columns
+            published = self.published_months(table)
+            if not published:
+                raise WarehouseError(f"{table.qualified_name} has no published month yet")
+            sample = [str(self.month_files(table, published[0])[0])]
+            relation = con.read_parquet(sample, hive_partitioning=False).limit(0)
         relation.create_view(view_name, replace=True)
 
     # -- publishing ------------------------------------------------------------------------
@@ -177,26 +192,29 @@ class Warehouse(dg.ConfigurableResource):
         table: Table,
         relation_sql: str,
         months: Iterable[date],
+        part: str = DEFAULT_PART,
     ) -> dict[date, int]:
         """Write the rows of `relation_sql` (a query over `con`) as `table`'s `months`, atomically.
 
         Each month is replaced whole; a month with no rows is published as an empty file with the
         table's columns. Rows dated outside `months` are an error (nothing is published).
-        Returns the row count per month.
+        `part` names the month's file: writers that share a table (one model each in the
+        registry) each replace only their own part. Returns the row count per month.
         """
         months = sorted(set(months))
         staging = self._new_staging_dir(table)
         try:
             staged = self._stage(con, table, relation_sql, months, staging)
             for month, staged_file in staged.items():
-                target = self.month_file(table, month)
+                target = self.month_file(table, month, part)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staged_file, target)
                 _fsync(target.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.refresh_catalog([table])
-        return {month: pq.read_metadata(self.month_file(table, month)).num_rows for month in months}
+        return {month: pq.read_metadata(self.month_file(table, month, part)).num_rows
+                for month in months}
 
     def _new_staging_dir(self, table: Table) -> Path:
         base = self.table_dir(table) / _STAGING

@@ -74,10 +74,15 @@ def click(customer: str, month: date, fe_1: int, fe_2: int) -> dict:
     return {"customer_id": customer, "snapshot_date": month, "fe_1": fe_1, "fe_2": fe_2}
 
 
+def lookback_window(months: int) -> pa.Table:
+    """What the partition mapping gives April: April and the months - 1 before it."""
+    return pa.Table.from_pylist([{"month": APRIL, "upstream_month": date(2024, 4 - back, 1)}
+                                 for back in range(months)])
+
+
 def features(transform, clickstream, lookback=3, **inputs):
-    rows = transform("gold/feature_store", feature_inputs(clickstream, **inputs),
-                     {"lookback_months": lookback})
-    return {r["loan_id"]: r for r in rows}
+    views = {**feature_inputs(clickstream, **inputs), "clickstream_window": lookback_window(lookback)}
+    return {r["loan_id"]: r for r in transform("gold/feature_store", views)}
 
 
 def test_one_row_per_loan_started_in_the_month(transform):

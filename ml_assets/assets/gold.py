@@ -13,7 +13,7 @@ from ml_assets.assets.lake import (
     publish,
     read_upstreams,
 )
-from ml_assets.partitions import clickstream_window, run_months
+from ml_assets.partitions import clickstream_window, run_months, window_pairs
 from ml_assets.settings import settings
 from ml_assets.tables import (
     FEATURE_STORE,
@@ -57,7 +57,8 @@ def feature_store(context: dg.AssetExecutionContext, warehouse: Warehouse) -> No
     months = run_months(context)
     with warehouse.connect() as con:
         read_upstreams(con, warehouse, FEATURE_INPUTS, months)
-        compute(con, "gold/feature_store", {"lookback_months": lookback})
+        con.register("clickstream_window", window_pairs(clickstream_window, months))
+        compute(con, "gold/feature_store")
         with_clickstream = dict(con.execute(
             f"SELECT application_month, count_if(clickstream_months > 0) FROM {RESULT} "
             "GROUP BY ALL"

@@ -3,11 +3,13 @@
 --   the customer's attributes and financials: the latest snapshot of the application month
 --     dated on or before the loan's start date (personal data is dropped upstream);
 --   clickstream: for each fe_k, the latest value (fe_k_latest) and the mean (fe_k_mean) over the
---     snapshots dated on or before the loan's start date, within the application month and the
---     $lookback_months - 1 months before it; later snapshots are never used;
+--     snapshots dated on or before the loan's start date, within the application month's
+--     lookback window (`clickstream_window`: the application month and the months before it,
+--     from the partition mapping); later snapshots are never used;
 --   features_as_of: the latest source date used, never after the application month.
--- Inputs: `silver_loan_daily`, `silver_attributes`, `silver_financials` (application months) and
--- `silver_clickstream` (each application month's lookback window).
+-- Inputs: `silver_loan_daily`, `silver_attributes`, `silver_financials` (application months),
+-- `silver_clickstream` (each application month's lookback window) and `clickstream_window`
+-- (month, upstream_month): the window's months for each application month.
 WITH loans AS (
     SELECT DISTINCT ON (loan_id)
         loan_id,
@@ -42,10 +44,11 @@ clickstream AS (
         arg_max(COLUMNS('^fe_[0-9]+$'), click.snapshot_date) AS '\0_latest',
         avg(COLUMNS('^fe_[0-9]+$')) AS '\0_mean'
     FROM loans
+    JOIN clickstream_window AS lookback ON lookback.month = loans.application_month
     JOIN silver_clickstream AS click
       ON click.customer_id = loans.customer_id
+     AND date_trunc('month', click.snapshot_date) = lookback.upstream_month
      AND click.snapshot_date <= loans.loan_start_date
-     AND click.snapshot_date >= loans.application_month - to_months($lookback_months - 1)
     GROUP BY loans.loan_id
 )
 SELECT
