@@ -9,3 +9,6 @@ import dagster as dg
 # would warn at every import.
 for parameter in ("backfill_policy", "allow_nonexistent_upstream_partitions"):
     warnings.filterwarnings("ignore", message=f".*`{parameter}`.*", category=dg.BetaWarning)
+# Checks evaluated per month (ml_assets/checks.py) need partitioned check specs, a preview.
+warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*",
+                        category=dg.PreviewWarning)

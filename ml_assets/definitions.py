@@ -5,9 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from ml_assets.assets.gold import feature_store, label_store
+from ml_assets.assets.models import champion, model_assets, predictions, training_set
 from ml_assets.assets.raw import raw_assets
 from ml_assets.assets.silver import silver_assets
 from ml_assets.settings import Settings, settings
+from resources.model_store import ModelStore
 from resources.sources import Sources
 from resources.warehouse import Warehouse
 
@@ -27,16 +29,18 @@ def build_resources(config: Settings) -> dict:
             demo_seed=config.demo.seed,
             demo_shift_month=config.demo.shift_month.strftime("%Y-%m"),
         ),
+        "model_store": ModelStore(path=str(config.warehouse / "ml" / "artifacts")),
     }
 
 
 monthly_pipeline = dg.define_asset_job(
     "monthly_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Every monthly asset, raw to gold, for the chosen months.",
+    description="Every monthly asset, raw to predictions, for the chosen months.",
 )
 
-ASSETS = [*raw_assets, *silver_assets, label_store, feature_store]
+ASSETS = [*raw_assets, *silver_assets, label_store, feature_store, training_set, *model_assets,
+          champion, predictions]
 
 
 def build_definitions(resources: dict) -> dg.Definitions:

@@ -43,8 +43,23 @@ def asset_key(table: Table) -> dg.AssetKey:
     return dg.AssetKey([table.schema, table.name])
 
 
+TRAINING_SET = Table("gold", "training_set", "training_month", ("split", "loan_id"),
+                     "Per training month: the window's labels with their application features, "
+                     "split into train, test and out-of-time")
+MODEL_REGISTRY = Table("ml", "model_registry", "trained_month", ("model_version",),
+                       "One record per trained model version; one part per model")
+SCORE_REFERENCE = Table("ml", "score_reference", "trained_month", ("model_version", "loan_id"),
+                        "Each model version's scores on its out-of-time set: monitoring's reference")
+MODEL_ALIASES = Table("ml", "model_aliases", "month", ("alias",),
+                      "The champion alias, month by month, and why it moved or stayed")
+PREDICTIONS = Table("gold", "predictions", "application_month", ("loan_id",),
+                    "Every loan of the application month scored by the champion as of that month")
+
+
 def all_tables() -> list[Table]:
     """Every table the platform publishes, quarantines included."""
     silver = [SILVER_LOAN_DAILY, SILVER_CLICKSTREAM, SILVER_ATTRIBUTES, SILVER_FINANCIALS]
     return [*RAW_TABLES.values(), *silver, *map(quarantine_of, silver), LABEL_STORE,
-            FEATURE_STORE]
+            FEATURE_STORE, TRAINING_SET, MODEL_REGISTRY, SCORE_REFERENCE, MODEL_ALIASES,
+            PREDICTIONS]
+

@@ -10,6 +10,7 @@ views without touching the catalog file, so a user holding it open blocks nothin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -212,7 +213,7 @@ class Warehouse(dg.ConfigurableResource):
                 _fsync(target.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self.refresh_catalog([table])
+        self._refresh_view_if_changed(table, self.month_file(table, months[-1], part))
         return {month: pq.read_metadata(self.month_file(table, month, part)).num_rows
                 for month in months}
 
@@ -277,6 +278,25 @@ class Warehouse(dg.ConfigurableResource):
             f"CREATE OR REPLACE VIEW {table.qualified_name} AS SELECT * FROM read_parquet("
             f"{_sql_literal(glob)}, union_by_name = true, hive_partitioning = false)"
         )
+
+    def _view_marker(self, table: Table) -> Path:
+        return self.table_dir(table) / ".view"
+
+    def _view_signature(self, table: Table, published_file: Path) -> str:
+        columns = [(field.name, str(field.type)) for field in pq.read_schema(published_file)]
+        return json.dumps({"view": self.view_sql(table), "columns": columns})
+
+    def _refresh_view_if_changed(self, table: Table, published_file: Path) -> None:
+        """The catalog is written only when a table is new or its columns changed: new months of
+        a known table appear in its view by themselves."""
+        signature = self._view_signature(table, published_file)
+        marker = self._view_marker(table)
+        if marker.is_file() and marker.read_text() == signature:
+            return
+        if self.refresh_catalog([table]):
+            partial = marker.with_name(f".view.{os.getpid()}.tmp")
+            partial.write_text(signature)
+            os.replace(partial, marker)
 
     def refresh_catalog(self, tables: Iterable[Table], wait_seconds: float = 3.0) -> bool:
         """(Re)create the views of `tables` that have data. Best effort: if another process holds

@@ -4,7 +4,8 @@
 --   split `oot`: the window's last labelled month, held out of time;
 --   split `test` / `train`: the other loans, by a hash of the loan id and $seed (md5, stable
 --   across DuckDB versions), so a loan keeps its split whichever window it is in.
--- A training month with fewer than $min_labelled_months labelled months gets no rows.
+-- labelled_months: how many of T's window months have labels (the asset trains nothing for a
+-- month with too few).
 -- Inputs: `gold_label_store` (the windows' observation months), `gold_feature_store` (their
 -- application months), and `training_window` (month, upstream_month): each training month's
 -- label months, from the partition mapping.
@@ -33,6 +34,7 @@ SELECT
     w.observation_month,
     w.label,
     w.label_def,
+    c.labelled_months,
     CASE WHEN w.observation_month = c.oot_month THEN 'oot'
          WHEN md5_number(w.loan_id || ':' || $seed::VARCHAR) % 1000000
               < $test_fraction * 1000000 THEN 'test'
@@ -42,4 +44,3 @@ FROM windowed AS w
 JOIN coverage AS c USING (training_month)
 JOIN gold_feature_store AS features
   ON features.loan_id = w.loan_id AND features.application_month = w.application_month
-WHERE c.labelled_months >= $min_labelled_months
