@@ -49,7 +49,8 @@ TRAINING_SET = Table("gold", "training_set", "training_month", ("split", "loan_i
 MODEL_REGISTRY = Table("ml", "model_registry", "trained_month", ("model_version",),
                        "One record per trained model version; one part per model")
 SCORE_REFERENCE = Table("ml", "score_reference", "trained_month", ("model_version", "loan_id"),
-                        "Each model version's scores on its out-of-time set: monitoring's reference")
+                        "Each model version's scores on its out-of-time set, the reference "
+                        "monitoring compares months against")
 MODEL_ALIASES = Table("ml", "model_aliases", "month", ("alias",),
                       "The champion alias, month by month, and why it moved or stayed")
 PREDICTIONS = Table("gold", "predictions", "application_month", ("loan_id",),

@@ -81,7 +81,8 @@ def lookback_window(months: int) -> pa.Table:
 
 
 def features(transform, clickstream, lookback=3, **inputs):
-    views = {**feature_inputs(clickstream, **inputs), "clickstream_window": lookback_window(lookback)}
+    views = {**feature_inputs(clickstream, **inputs),
+             "clickstream_window": lookback_window(lookback)}
     return {r["loan_id"]: r for r in transform("gold/feature_store", views)}
 
 

@@ -193,14 +193,16 @@ def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: M
     parts["train"] = _sample(parts["train"], CONFIG.max_training_rows)
     fitted = train_model(model, features, parts["train"], parts["test"], CONFIG.seed)
     scores = {split: fitted.predict(part) for split, part in parts.items()}
-    summary = {split: metrics.summary(part["label"], scores[split]) for split, part in parts.items()}
+    summary = {split: metrics.summary(part["label"], scores[split])
+               for split, part in parts.items()}
     version = f"{model.name}-{month:%Y-%m}"
     folder = store.save(fitted, model.name, version)
     oot_scores = scores["oot"]
     checks = {
-        "scores_valid": (bool(np.isfinite(oot_scores).all() and ((oot_scores >= 0)
-                                                                  & (oot_scores <= 1)).all()),
-                         {"min_score": float(oot_scores.min()), "max_score": float(oot_scores.max())}),
+        "scores_valid": (bool(np.isfinite(oot_scores).all()
+                               and ((oot_scores >= 0) & (oot_scores <= 1)).all()),
+                         {"min_score": float(oot_scores.min()),
+                          "max_score": float(oot_scores.max())}),
         "oot_auc_floor": ((summary["oot"]["auc"] or 0) >= CONFIG.min_oot_auc,
                           {"oot_auc": summary["oot"]["auc"], "floor": CONFIG.min_oot_auc}),
         "past_labels_only": (bool((frame["observation_month"] < month).all()),
