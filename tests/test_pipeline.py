@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -14,15 +17,18 @@ from ml_assets.definitions import build_definitions, monthly_pipeline
 from ml_assets.demo.generator import generate
 from ml_assets.partitions import monthly_partitions
 from ml_assets.runner import RANGE_END, RANGE_START
+from resources.model_store import ModelStore
 from resources.sources import Sources
 from resources.warehouse import Warehouse
 
-SCALE = 0.04  # 500 customers, 20 loans a month
+SCALE = 0.1  # 1,250 customers, 50 loans a month
 
 
 def materialise(warehouse: Warehouse, sources: Sources, first: str, last: str,
                 selection: list[dg.AssetKey] | None = None, instance=None):
-    definitions = build_definitions({"warehouse": warehouse, "sources": sources})
+    store = ModelStore(path=str(Path(warehouse.path) / "ml" / "artifacts"))
+    definitions = build_definitions({"warehouse": warehouse, "sources": sources,
+                                     "model_store": store})
     result = definitions.resolve_job_def(monthly_pipeline.name).execute_in_process(
         instance=instance or dg.DagsterInstance.ephemeral(),
         asset_selection=selection,
@@ -173,7 +179,8 @@ def test_application_month_of_every_label_is_in_the_feature_store(demo):
 def test_a_month_with_missing_upstream_fails_clearly(tmp_path):
     warehouse = Warehouse(path=str(tmp_path / "wh"))
     sources = Sources(folder=str(tmp_path / "none"), staging_dir=str(tmp_path / "st"))
-    definitions = build_definitions({"warehouse": warehouse, "sources": sources})
+    definitions = build_definitions({"warehouse": warehouse, "sources": sources,
+                                     "model_store": ModelStore(path=str(tmp_path / "models"))})
     result = definitions.resolve_job_def(monthly_pipeline.name).execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         asset_selection=[dg.AssetKey(["gold", "label_store"])],
@@ -184,3 +191,135 @@ def test_a_month_with_missing_upstream_fails_clearly(tmp_path):
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.event_specific_data.error.cause.message
     assert "silver.loan_daily has no published month 2024-01; materialise it first" in message
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def test_no_training_row_was_observed_at_or_after_its_training_month(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        rows, late, months = con.execute(
+            "SELECT count(*), count_if(observation_month >= training_month), "
+            "count(DISTINCT training_month) FROM gold.training_set").fetchone()
+        stale = con.execute(
+            "SELECT count(*) FROM gold.training_set t JOIN gold.feature_store f USING (loan_id) "
+            "WHERE f.application_month <> t.application_month").fetchone()[0]
+    assert rows > 0 and months > 0
+    assert late == 0 and stale == 0
+
+
+def test_months_without_enough_history_say_why(demo):
+    *_, instance, _ = demo
+    event = instance.get_latest_materialization_event(dg.AssetKey(["gold", "training_set"]))
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["gold", "training_set"]),
+                              asset_partitions=["2023-12-01"]), limit=1).records
+    metadata = records[0].asset_materialization.metadata
+    assert metadata["trainable"].value is False
+    assert "5 labelled months in the window, 6 needed" in metadata["reason"].value
+    assert event is not None
+
+
+def test_registry_holds_every_candidate_of_every_trainable_month(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        first_trainable = con.execute(
+            "SELECT min(training_month) FROM gold.training_set").fetchone()[0]
+        per_month = con.execute(
+            "SELECT trained_month, list(algorithm ORDER BY algorithm) FROM ml.model_registry "
+            "GROUP BY ALL ORDER BY 1").fetchall()
+        record = con.execute("SELECT * FROM ml.model_registry LIMIT 1").df().iloc[0]
+    assert first_trainable == date(2024, 1, 1)
+    assert per_month[0][0] == first_trainable and len(per_month) == 23  # 2024-01 .. 2025-11
+    assert all(algorithms == ["lightgbm", "logistic_regression"] for _, algorithms in per_month)
+    for field in ("model_version", "window_first", "window_last", "label_def", "features",
+                  "feature_schema_hash", "data_fingerprint", "params", "train_auc", "test_auc",
+                  "oot_auc", "oot_ks", "oot_log_loss", "oot_brier", "artifact_path",
+                  "code_version", "trained_at"):
+        assert record[field] is not None, field
+    assert record["label_def"] == "30dpd_6mob"
+
+
+def test_no_artifact_is_a_pickle(demo):
+    _, warehouse, *_ = demo
+    artifacts = list((Path(warehouse.path) / "ml" / "artifacts").rglob("*"))
+    files = [p for p in artifacts if p.is_file()]
+    assert files
+    for path in files:
+        assert path.suffix in {".json", ".txt"}, path
+        head = path.read_bytes()[:2]
+        assert head[:1] != b"\x80", path  # the pickle protocol marker
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+
+
+def test_alias_history_follows_the_gate(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        history = con.execute("SELECT * FROM ml.model_aliases ORDER BY month").df()
+        registry = con.execute("SELECT model_version, trained_month, oot_auc, checks_passed "
+                               "FROM ml.model_registry").df().set_index("model_version")
+    first = history[history["decision"] == "first"]
+    assert len(first) == 1 and first.iloc[0]["month"] == pd.Timestamp("2024-01-01")
+    previous = None
+    for row in history.itertuples():
+        if row.decision == "none":
+            assert row.model_version is None and previous is None
+        elif row.decision == "promoted":
+            assert row.challenger_oot_auc >= row.champion_oot_auc + row.min_auc_gain
+            assert row.model_version == row.challenger_version != previous
+        elif row.decision == "kept":
+            assert row.model_version == previous
+            if row.challenger_version is not None:
+                assert row.challenger_oot_auc < row.champion_oot_auc + row.min_auc_gain
+        if row.model_version is not None:
+            assert registry.loc[row.model_version, "checks_passed"]
+            assert registry.loc[row.model_version, "trained_month"] <= row.month
+        previous = row.model_version
+
+
+def test_predictions_use_a_champion_trained_no_later_than_their_month(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        late = con.execute(
+            "SELECT count(*) FROM gold.predictions p JOIN ml.model_registry r USING "
+            "(model_version) WHERE r.trained_month > p.application_month").fetchone()[0]
+        mismatched = con.execute(
+            "SELECT count(*) FROM gold.predictions p JOIN ml.model_aliases a "
+            "ON a.month = p.application_month WHERE a.model_version <> p.model_version"
+        ).fetchone()[0]
+        counts = con.execute(
+            "SELECT f.application_month, count(f.loan_id), count(p.loan_id) "
+            "FROM gold.feature_store f LEFT JOIN gold.predictions p USING (loan_id) "
+            "WHERE f.application_month >= DATE '2024-01-01' GROUP BY ALL").fetchall()
+        scores = con.execute("SELECT min(score), max(score) FROM gold.predictions").fetchone()
+    assert late == 0 and mismatched == 0
+    assert counts and all(loans == predicted for _, loans, predicted in counts)
+    assert 0 <= scores[0] <= scores[1] <= 1
+
+
+def test_training_a_month_twice_gives_identical_artifacts_and_metrics(demo):
+    _, warehouse, sources, instance, _ = demo
+    month = "2024-06-01"
+    keys = [dg.AssetKey(["ml", "model_lightgbm"]), dg.AssetKey(["ml", "model_logistic"])]
+
+    def snapshot():
+        with catalog(warehouse) as con:
+            return con.execute(
+                "SELECT model_version, artifact_digest, data_fingerprint, metrics "
+                "FROM ml.model_registry WHERE trained_month = DATE '2024-06-01' ORDER BY 1"
+            ).fetchall()
+
+    before = snapshot()
+    materialise(warehouse, sources, month, month, selection=keys, instance=instance)
+    assert snapshot() == before and len(before) == 2
+
+
+def test_model_checks_are_recorded_per_month(demo):
+    *_, instance, _ = demo
+    key = dg.AssetCheckKey(dg.AssetKey(["ml", "model_lightgbm"]), "past_labels_only")
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+    partitions = {record.partition for record in history}
+    assert {"2024-01-01", "2025-01-01"} <= partitions
+    assert all(record.evaluation.passed for record in history)
