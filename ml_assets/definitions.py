@@ -6,6 +6,13 @@ import dagster as dg
 
 from ml_assets.assets.gold import feature_store, label_store
 from ml_assets.assets.models import champion, model_assets, predictions, training_set
+from ml_assets.assets.monitoring import (
+    drift_report,
+    performance,
+    recommendation,
+    stability,
+    summary,
+)
 from ml_assets.assets.raw import raw_assets
 from ml_assets.assets.silver import silver_assets
 from ml_assets.settings import Settings, settings
@@ -36,11 +43,11 @@ def build_resources(config: Settings) -> dict:
 monthly_pipeline = dg.define_asset_job(
     "monthly_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Every monthly asset, raw to predictions, for the chosen months.",
+    description="Every monthly asset, raw to monitoring, for the chosen months.",
 )
 
 ASSETS = [*raw_assets, *silver_assets, label_store, feature_store, training_set, *model_assets,
-          champion, predictions]
+          champion, predictions, stability, performance, drift_report, recommendation, summary]
 
 
 def build_definitions(resources: dict) -> dg.Definitions:

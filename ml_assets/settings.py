@@ -52,6 +52,16 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    psi_watch: float
+    psi_act: float
+    psi_floor: float
+    auc_floor: float
+    max_auc_drop: float
+    drift_report: bool
+
+
+@dataclass(frozen=True)
 class Settings:
     config_file: Path
     source: Path | None  # None: the embedded demo data
@@ -61,6 +71,7 @@ class Settings:
     last_month: date | None
     label: LabelDefinition
     clickstream_lookback_months: int
+    monitoring: MonitoringSettings
     duckdb_threads: int | None
     duckdb_memory_limit: str | None
 
@@ -82,6 +93,22 @@ def _positive_int(value, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise SettingsError(f"{key}: expected a whole number >= 1, got {value!r}")
     return value
+
+
+def _monitoring(raw: dict) -> MonitoringSettings:
+    values = MonitoringSettings(
+        psi_watch=float(raw.get("psi_watch", 0.1)),
+        psi_act=float(raw.get("psi_act", 0.25)),
+        psi_floor=float(raw.get("psi_floor", 1e-4)),
+        auc_floor=float(raw.get("auc_floor", 0.70)),
+        max_auc_drop=float(raw.get("max_auc_drop", 0.05)),
+        drift_report=bool(raw.get("drift_report", True)),
+    )
+    if not 0 < values.psi_watch < values.psi_act:
+        raise SettingsError("monitoring: need 0 < psi_watch < psi_act")
+    if not 0 < values.psi_floor < 0.01:
+        raise SettingsError("monitoring.psi_floor: expected a small positive number")
+    return values
 
 
 def load_settings(config_file: Path | None = None, environ: dict | None = None) -> Settings:
@@ -116,6 +143,7 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
             raw.get("features", {}).get("clickstream_lookback_months", 3),
             "features.clickstream_lookback_months",
         ),
+        monitoring=_monitoring(raw.get("monitoring", {})),
         duckdb_threads=duck.get("threads"),
         duckdb_memory_limit=duck.get("memory_limit"),
     )

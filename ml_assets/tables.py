@@ -57,10 +57,24 @@ PREDICTIONS = Table("gold", "predictions", "application_month", ("loan_id",),
                     "Every loan of the application month scored by the champion as of that month")
 
 
+STABILITY = Table("monitoring", "stability", "month", ("variable",),
+                  "Per prediction month: PSI of the score and CSI of each model feature against "
+                  "the champion's out-of-time reference")
+PERFORMANCE = Table("monitoring", "performance", "month", ("model_version",),
+                    "Per label month: AUC, Gini, KS of the predictions made mob months earlier")
+DRIFT = Table("monitoring", "drift", "month", ("column_name",),
+              "Per prediction month: evidently's drift test of each model feature")
+RECOMMENDATION = Table("monitoring", "recommendation", "month", ("month",),
+                       "Per month: retain, watch or retrain, and why")
+SUMMARY = Table("monitoring", "summary", "month", ("month",),
+                "Per month: stability, performance and the recommendation in one row")
+
+
 def all_tables() -> list[Table]:
     """Every table the platform publishes, quarantines included."""
     silver = [SILVER_LOAN_DAILY, SILVER_CLICKSTREAM, SILVER_ATTRIBUTES, SILVER_FINANCIALS]
     return [*RAW_TABLES.values(), *silver, *map(quarantine_of, silver), LABEL_STORE,
             FEATURE_STORE, TRAINING_SET, MODEL_REGISTRY, SCORE_REFERENCE, MODEL_ALIASES,
-            PREDICTIONS]
+            PREDICTIONS, STABILITY, PERFORMANCE, DRIFT, RECOMMENDATION, SUMMARY]
+
 

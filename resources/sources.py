@@ -203,7 +203,7 @@ def month_range(staged: StagedSource, macros_sql: str) -> tuple[date, date]:
         "SELECT min(month), max(month) FROM (SELECT date_trunc('month', "
         "parse_source_date(snapshot_date))::DATE AS month FROM read_parquet($path))",
         {"path": str(staged.staged)},
-    ).fetchone()
+    ).fetchall()[0]
     if first is None:
         raise SourceError(f"{staged.file}: no row has a readable snapshot_date")
     cache.write_text(json.dumps([first.isoformat(), last.isoformat()]))

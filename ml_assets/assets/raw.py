@@ -23,7 +23,7 @@ def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
             raise SourceError(f"{staged.file}: column snapshot_date missing")
         with warehouse.connect() as con:
             con.read_parquet(str(staged.staged)).create_view("source")
-            undated, first_row, example = con.execute(sql_text("raw/undated_rows")).fetchone()
+            undated, first_row, example = con.execute(sql_text("raw/undated_rows")).fetchall()[0]
             if undated:
                 raise SourceError(
                     f"{staged.file}: column snapshot_date: {undated} rows have no readable date "
