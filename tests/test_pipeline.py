@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -21,7 +22,8 @@ from resources.model_store import ModelStore
 from resources.sources import Sources
 from resources.warehouse import Warehouse
 
-SCALE = 0.1  # 1,250 customers, 50 loans a month
+SCALE = 1  # the demo itself: 12,500 customers, 500 loans a month, drift from 2024-07
+SHIFT = date(2024, 7, 1)
 
 
 def materialise(warehouse: Warehouse, sources: Sources, first: str, last: str,
@@ -41,7 +43,7 @@ def materialise(warehouse: Warehouse, sources: Sources, first: str, last: str,
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    generate(root / "demo", scale=SCALE, seed=7)
+    generate(root / "demo", scale=SCALE, seed=42, shift_month="2024-07")
     warehouse = Warehouse(path=str(root / "warehouse"))
     sources = Sources(folder=str(root / "demo"), staging_dir=str(root / "warehouse/_staging"))
     instance = dg.DagsterInstance.ephemeral()
@@ -323,3 +325,171 @@ def test_model_checks_are_recorded_per_month(demo):
     partitions = {record.partition for record in history}
     assert {"2024-01-01", "2025-01-01"} <= partitions
     assert all(record.evaluation.passed for record in history)
+
+
+# -- monitoring ------------------------------------------------------------------------------
+
+
+def psi_by_the_book(reference: np.ndarray, actual: np.ndarray, numeric: bool) -> float:
+    """The documented binning, written independently of sql/monitoring/stability.sql."""
+    floor = 1e-4
+    if numeric:
+        ref = pd.to_numeric(pd.Series(reference), errors="coerce").to_numpy(float)
+        act = pd.to_numeric(pd.Series(actual), errors="coerce").to_numpy(float)
+        present = ref[~np.isnan(ref)]
+        edges = np.unique(np.quantile(present, np.arange(1, 10) / 10))
+
+        def bins(values):
+            return [("null" if np.isnan(v) else int(np.searchsorted(edges, v, side="left")))
+                    for v in values]
+        ref_bins, act_bins = bins(ref), bins(act)
+    else:
+        ref_bins = ["null" if v is None else v for v in reference]
+        act_bins = ["null" if v is None else v for v in actual]
+    labels = set(ref_bins) | set(act_bins)
+    total = 0.0
+    for label in labels:
+        e = max(ref_bins.count(label) / len(ref_bins), floor)
+        a = max(act_bins.count(label) / len(act_bins), floor)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+def test_stability_has_every_variable_of_every_prediction_month(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        months = [m for (m,) in con.execute(
+            "SELECT DISTINCT application_month FROM gold.predictions ORDER BY 1").fetchall()]
+        per_month = dict(con.execute(
+            "SELECT month, count(*) FROM monitoring.stability GROUP BY ALL").fetchall())
+        features = con.execute(
+            "SELECT len(r.features) FROM ml.model_registry r JOIN ml.model_aliases a "
+            "USING (model_version) WHERE a.month = DATE '2024-01-01'").fetchall()[0][0]
+    assert months[0] == date(2024, 1, 1) and months[-1] == date(2025, 1, 1)
+    assert set(per_month) == set(months)
+    assert per_month[date(2024, 1, 1)] == features + 1  # the score and every feature
+
+
+def test_psi_equals_an_independent_recomputation(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        stability = con.execute("SELECT * FROM monitoring.stability "
+                                "WHERE month IN (DATE '2024-03-01', DATE '2024-10-01')").df()
+        for month, rows in stability.groupby("month"):
+            version = rows["model_version"].iloc[0]
+            record = con.execute("SELECT trained_month, categorical_features FROM "
+                                 "ml.model_registry WHERE model_version = $v",
+                                 {"v": version}).df().iloc[0]
+            reference = con.execute(
+                "SELECT t.*, s.score FROM gold.training_set t JOIN ml.score_reference s "
+                "USING (loan_id) WHERE t.training_month = $t AND t.split = 'oot' "
+                "AND s.model_version = $v", {"t": record["trained_month"], "v": version}).df()
+            actual = con.execute(
+                "SELECT f.*, p.score FROM gold.feature_store f JOIN gold.predictions p "
+                "USING (loan_id) WHERE f.application_month = $m", {"m": month}).df()
+            for row in rows.itertuples():
+                categorical = row.variable in set(record["categorical_features"])
+                ref_values = reference[row.variable].astype(object).where(
+                    reference[row.variable].notna(), None).tolist()
+                act_values = actual[row.variable].astype(object).where(
+                    actual[row.variable].notna(), None).tolist()
+                if not categorical:
+                    ref_values = [np.nan if v is None else float(v) for v in ref_values]
+                    act_values = [np.nan if v is None else float(v) for v in act_values]
+                expected = psi_by_the_book(np.array(ref_values, dtype=object),
+                                           np.array(act_values, dtype=object), not categorical)
+                assert row.psi == pytest.approx(expected, abs=1e-9), (month, row.variable)
+
+
+def test_auc_equals_an_independent_rank_computation_six_months_later(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        performance = con.execute("SELECT * FROM monitoring.performance ORDER BY month").df()
+        matured = con.execute(
+            "SELECT p.application_month, l.snapshot_date, p.score, l.label "
+            "FROM gold.predictions p JOIN gold.label_store l USING (loan_id)").df()
+    assert len(performance) == 13  # label months 2024-07 .. 2025-07
+    for row in performance.itertuples():
+        assert (row.month.year - row.application_month.year) * 12 \
+            + row.month.month - row.application_month.month == 6
+        group = matured[matured["application_month"] == row.application_month]
+        assert (group["snapshot_date"].dt.to_period("M") == row.month.to_period("M")).all()
+        positives = group.loc[group["label"] == 1, "score"].to_numpy()
+        negatives = group.loc[group["label"] == 0, "score"].to_numpy()
+        wins = (positives[:, None] > negatives[None, :]).sum()
+        ties = (positives[:, None] == negatives[None, :]).sum()
+        pairwise = (wins + 0.5 * ties) / (len(positives) * len(negatives))
+        assert row.auc == pytest.approx(pairwise, abs=1e-9)
+        assert row.gini == pytest.approx(2 * pairwise - 1, abs=1e-9)
+        assert row.n == len(group) and row.defaults == len(positives)
+
+
+def test_shifted_months_drift_and_earlier_months_do_not(demo):
+    _, warehouse, *_ = demo
+    shifted_features = ["fe_1_mean", "fe_2_mean", "outstanding_debt"]
+    with catalog(warehouse) as con:
+        stability = con.execute("SELECT month, variable, psi, band FROM monitoring.stability"
+                                ).df()
+    stability["month"] = stability["month"].dt.date
+    before = stability[stability["month"] < SHIFT]
+    after = stability[stability["month"] >= SHIFT]
+    # 500 loans a month against a 500-loan reference: sampling noise alone reaches about 0.1
+    assert not (before["band"] == "act").any()
+    assert (before[before["variable"].isin(shifted_features)]["psi"] < 0.15).all()
+    assert (before[before["variable"] == "score"]["psi"] < 0.15).all()
+    for month, rows in after.groupby("month"):
+        bands = rows.set_index("variable")["band"]
+        assert (bands[shifted_features[:2]] == "act").all(), month
+    assert (after[after["variable"] == "score"]["band"] != "stable").sum() >= 5
+
+
+def test_checks_fire_in_the_shifted_months(demo):
+    *_, instance, _ = demo
+
+    def history(asset, check):
+        key = dg.AssetCheckKey(dg.AssetKey(["monitoring", asset]), check)
+        return {r.partition: r.evaluation for r in
+                instance.event_log_storage.get_asset_check_execution_history(key, limit=100)}
+
+    csi = history("stability", "feature_csi")
+    assert all(not csi[f"2024-{m:02d}-01"].passed for m in range(7, 13))
+    assert all(csi[f"2024-{m:02d}-01"].passed for m in range(1, 7))
+    score = history("stability", "score_psi")
+    failed = {p: e.severity for p, e in score.items() if not e.passed}
+    assert sum(p >= "2024-07-01" for p in failed) >= 5
+    assert dg.AssetCheckSeverity.ERROR in failed.values()
+    assert history("performance", "auc_floor")  # evaluated per label month
+
+
+def test_drift_reports_and_plots_are_linked_in_the_ui(demo):
+    _, warehouse, _, instance, _ = demo
+    reports = sorted((Path(warehouse.path) / "reports" / "drift").glob("*.html"))
+    assert [p.stem for p in reports] == [f"{y}-{m:02d}" for y, m in
+                                         [(2024, m) for m in range(1, 13)] + [(2025, 1)]]
+    with catalog(warehouse) as con:
+        drifted = con.execute("SELECT month, count_if(drifted), count(*) FROM monitoring.drift "
+                              "GROUP BY ALL ORDER BY 1").fetchall()
+    assert drifted[-1][1] > drifted[0][1]  # more columns drift after the shift
+    event = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(["monitoring", "drift"]), asset_partitions=["2024-09-01"]),
+        limit=1).records[0].asset_materialization
+    assert event.metadata["report"].value.startswith("file://")
+    summary = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(["monitoring", "summary"]), asset_partitions=["2025-11-01"]),
+        limit=1).records[0].asset_materialization.metadata
+    for plot in ("psi_over_months", "auc_gini_over_months"):
+        assert summary[plot].value.startswith("![") and "data:image/png;base64," in \
+            summary[plot].value
+
+
+def test_recommendations_name_metric_value_and_threshold(demo):
+    _, warehouse, *_ = demo
+    with catalog(warehouse) as con:
+        rows = con.execute("SELECT month, recommendation, reasons, reasons_json "
+                           "FROM monitoring.recommendation ORDER BY month").df()
+    assert set(rows["recommendation"]) <= {"retain", "watch", "retrain"}
+    assert "retrain" in set(rows["recommendation"])
+    for row in rows.itertuples():
+        for reason in json.loads(row.reasons_json):
+            assert {"metric", "value", "threshold", "action"} <= set(reason)
+            assert reason["metric"] in row.reasons
