@@ -31,7 +31,11 @@ def category_levels(frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, li
 
 
 def numeric_matrix(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
-    return frame[list(names)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    """The numeric features as floats (booleans as 0/1), missing values as NaN."""
+    columns = frame[list(names)]
+    if any(dtype == object for dtype in columns.dtypes):  # nullable columns come as objects
+        columns = columns.apply(pd.to_numeric, errors="coerce")
+    return columns.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def category_codes(frame: pd.DataFrame, levels: dict[str, list[str]]) -> np.ndarray:
@@ -39,9 +43,8 @@ def category_codes(frame: pd.DataFrame, levels: dict[str, list[str]]) -> np.ndar
     unseen in training."""
     columns = []
     for name, known in levels.items():
-        index = {level: float(i) for i, level in enumerate(known)}
-        columns.append(frame[name].map(lambda v, index=index: index.get(v, np.nan)
-                                       if isinstance(v, str) else np.nan).to_numpy(np.float64))
+        codes = pd.Categorical(frame[name], categories=known).codes.astype(np.float64)
+        columns.append(np.where(codes < 0, np.nan, codes))
     return np.column_stack(columns) if columns else np.empty((len(frame), 0))
 
 

@@ -59,6 +59,7 @@ class MonitoringSettings:
     auc_floor: float
     max_auc_drop: float
     drift_report: bool
+    drift_report_features: int | None
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,11 @@ def _monitoring(raw: dict) -> MonitoringSettings:
         auc_floor=float(raw.get("auc_floor", 0.70)),
         max_auc_drop=float(raw.get("max_auc_drop", 0.05)),
         drift_report=bool(raw.get("drift_report", True)),
+        drift_report_features=raw.get("drift_report_features", 15),
     )
+    if values.drift_report_features is not None and (
+            not isinstance(values.drift_report_features, int) or values.drift_report_features < 1):
+        raise SettingsError("monitoring.drift_report_features: a whole number >= 1, or null")
     if not 0 < values.psi_watch < values.psi_act:
         raise SettingsError("monitoring: need 0 < psi_watch < psi_act")
     if not 0 < values.psi_floor < 0.01:

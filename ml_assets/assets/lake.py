@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 
 from ml_assets.metadata import column_schema, preview
-from ml_assets.months import folder_label, partition_key
+from ml_assets.months import add_months, partition_key
 from ml_assets.partitions import monthly_partitions, upstream_months
 from ml_assets.tables import asset_key
 from resources.warehouse import Table, Warehouse, sql_text
@@ -65,15 +65,15 @@ def publish(
     counts = warehouse.publish(con, table, query, months)
     schema = column_schema(con, query)
     for month, rows in counts.items():
-        month_rows = (
-            f"SELECT * FROM ({query}) WHERE strftime({table.month_column}, '%Y-%m') = $month"
-        )
+        # a range on the month column, which DuckDB can prune on, rather than a function of it
+        month_rows = (f"SELECT * FROM ({query}) WHERE {table.month_column} >= $month "
+                      f"AND {table.month_column} < $next_month")
         context.add_asset_metadata(
             {
                 "dagster/row_count": rows,
                 "dagster/column_schema": schema,
                 "preview": dg.MetadataValue.md(
-                    preview(con, month_rows, {"month": folder_label(month)})
+                    preview(con, month_rows, {"month": month, "next_month": add_months(month, 1)})
                 ),
                 "path": dg.MetadataValue.path(str(warehouse.month_file(table, month))),
                 "query": dg.MetadataValue.md(

@@ -64,7 +64,7 @@ REGISTRY_SCHEMA = pa.schema([
     ("model_version", pa.string()), ("model_name", pa.string()), ("algorithm", pa.string()),
     ("trained_month", pa.date32()), ("window_first", pa.date32()), ("window_last", pa.date32()),
     ("oot_month", pa.date32()), ("label_def", pa.string()), ("features", pa.list_(pa.string())),
-    ("categorical_features", pa.list_(pa.string())),
+    ("categorical_features", pa.list_(pa.string())), ("importances", pa.string()),
     ("feature_schema_hash", pa.string()), ("data_fingerprint", pa.string()),
     ("params", pa.string()), ("n_train", pa.int64()), ("n_test", pa.int64()),
     ("n_oot", pa.int64()), ("train_auc", pa.float64()), ("test_auc", pa.float64()),
@@ -143,7 +143,8 @@ def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse) -> Non
 
 
 def as_dates(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    """DuckDB hands DATE columns to pandas as timestamps; the platform compares dates."""
+    """DuckDB hands DATE columns to pandas as timestamps unless asked (`df(date_as_object=
+    True)`); the platform compares dates."""
     for column in columns:
         frame[column] = pd.to_datetime(frame[column]).dt.date
     return frame
@@ -157,8 +158,7 @@ def load_training_frame(con: duckdb.DuckDBPyConnection, month: date, split: str 
     if split:
         query += " AND split = $split"
         params["split"] = split
-    frame = con.execute(query + " ORDER BY loan_id", params).df()
-    return as_dates(frame, "training_month", "application_month", "observation_month")
+    return con.execute(query + " ORDER BY loan_id", params).df(date_as_object=True)
 
 
 # -- candidate models -----------------------------------------------------------------------
@@ -216,6 +216,8 @@ def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: M
         "oot_month": parts["oot"]["observation_month"].max(),
         "label_def": frame["label_def"].iloc[0], "features": list(features.names),
         "categorical_features": list(features.categorical),
+        "importances": json.dumps(dict(sorted(fitted.importances().items(),
+                                              key=lambda kv: -kv[1]))),
         "feature_schema_hash": feature_schema_hash(features),
         "data_fingerprint": fingerprint(frame[[*SPLIT_COLUMNS[1:], *features.names]]),
         "params": json.dumps({**model.params, "max_rounds": model.max_rounds,
@@ -281,8 +283,8 @@ def build_model_asset(model: ModelSpec) -> dg.AssetsDefinition:
         months = run_months(context)
         evaluations = []
         with warehouse.connect() as con:
-            warehouse.register_input(con, "training_set", TRAINING_SET, months)
             for month in months:
+                warehouse.register_input(con, "training_set", TRAINING_SET, [month])
                 frame = load_training_frame(con, month)
                 if frame.empty:
                     record, reference, outcomes = None, None, {}
@@ -392,9 +394,9 @@ def champion(context: dg.AssetExecutionContext, warehouse: Warehouse,
              model_store: ModelStore) -> None:
     months = run_months(context)
     with warehouse.connect() as con:
-        warehouse.register_input(con, "training_set", TRAINING_SET, months)
         previous = _alias_at(warehouse, con, add_months(months[0], -1))
         for month in months:
+            warehouse.register_input(con, "training_set", TRAINING_SET, [month])
             candidates = _registry_at(warehouse, con, month)
             champion_auc = None
             kept = previous.get("model_version") if previous else None

@@ -87,10 +87,15 @@ def register_actual(con: duckdb.DuckDBPyConnection, month: date) -> None:
         {"month": month})
 
 
-def feature_kinds(record: dict) -> tuple[list[str], list[str]]:
-    categorical = list(record["categorical_features"])
-    numeric = [f for f in record["features"] if f not in categorical]
-    return numeric, categorical
+def feature_kinds(record: dict, most_important: int | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """The model's numeric and categorical features; with `most_important`, only that many of
+    its features, by importance (the registry keeps them in that order)."""
+    chosen = list(record["features"])
+    if most_important is not None:
+        chosen = list(json.loads(record["importances"]))[:most_important]
+    categorical = [f for f in chosen if f in set(record["categorical_features"])]
+    return [f for f in chosen if f not in categorical], categorical
 
 
 # -- stability -------------------------------------------------------------------------------
@@ -355,7 +360,7 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> Non
             if current.empty:
                 per_month[month] = {"reason": "no predictions this month"}
                 continue
-            numeric, categorical = feature_kinds(record)
+            numeric, categorical = feature_kinds(record, THRESHOLDS.drift_report_features)
             snapshot = evidently_drift(con.execute("SELECT * FROM reference_rows").df(),
                                        current, [SCORE, *numeric], categorical)
             path = report_path(warehouse, month)
