@@ -197,13 +197,13 @@ def month_range(staged: StagedSource, macros_sql: str) -> tuple[date, date]:
     if cache.is_file():
         first, last = json.loads(cache.read_text())
         return date.fromisoformat(first), date.fromisoformat(last)
-    con = duckdb.connect()
-    con.execute(macros_sql)
-    first, last = con.execute(
-        "SELECT min(month), max(month) FROM (SELECT date_trunc('month', "
-        "parse_source_date(snapshot_date))::DATE AS month FROM read_parquet($path))",
-        {"path": str(staged.staged)},
-    ).fetchall()[0]
+    with duckdb.connect() as con:
+        con.execute(macros_sql)
+        first, last = con.execute(
+            "SELECT min(month), max(month) FROM (SELECT date_trunc('month', "
+            "parse_source_date(snapshot_date))::DATE AS month FROM read_parquet($path))",
+            {"path": str(staged.staged)},
+        ).fetchall()[0]
     if first is None:
         raise SourceError(f"{staged.file}: no row has a readable snapshot_date")
     cache.write_text(json.dumps([first.isoformat(), last.isoformat()]))

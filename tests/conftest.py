@@ -30,13 +30,13 @@ def text_table(rows: list[dict], columns: list[str]) -> pa.Table:
 
 def run_transform(sql_name: str, inputs: dict[str, pa.Table], params: dict | None = None):
     """The rows of `sql/<sql_name>.sql` over `inputs` (view name -> table), as dicts."""
-    con = duckdb.connect()
-    con.execute(sql_text("macros"))
-    for view, table in inputs.items():
-        con.register(view, table)
-    result = con.execute(sql_text(sql_name), params or {})
-    columns = [d[0] for d in result.description]
-    return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+    with duckdb.connect() as con:
+        con.execute(sql_text("macros"))
+        for view, table in inputs.items():
+            con.register(view, table)
+        result = con.execute(sql_text(sql_name), params or {})
+        columns = [d[0] for d in result.description]
+        return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
 
 
 @pytest.fixture
