@@ -33,7 +33,7 @@ def category_levels(frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, li
 def numeric_matrix(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
     """The numeric features as floats (booleans as 0/1), missing values as NaN."""
     columns = frame[list(names)]
-    if any(dtype == object for dtype in columns.dtypes):  # nullable columns come as objects
+    if any(dtype.kind == "O" for dtype in columns.dtypes):  # nullable columns come as objects
         columns = columns.apply(pd.to_numeric, errors="coerce")
     return columns.to_numpy(dtype=np.float64, na_value=np.nan)
 

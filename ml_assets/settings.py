@@ -52,6 +52,14 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    max_quarantine_share: float
+    label_rate_min: float
+    label_rate_max: float
+    max_loans_without_application_data: float
+
+
+@dataclass(frozen=True)
 class MonitoringSettings:
     psi_watch: float
     psi_act: float
@@ -72,6 +80,7 @@ class Settings:
     last_month: date | None
     label: LabelDefinition
     clickstream_lookback_months: int
+    checks: CheckSettings
     monitoring: MonitoringSettings
     duckdb_threads: int | None
     duckdb_memory_limit: str | None
@@ -94,6 +103,19 @@ def _positive_int(value, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise SettingsError(f"{key}: expected a whole number >= 1, got {value!r}")
     return value
+
+
+def _checks(raw: dict) -> CheckSettings:
+    values = CheckSettings(
+        max_quarantine_share=float(raw.get("max_quarantine_share", 0.01)),
+        label_rate_min=float(raw.get("label_rate_min", 0.05)),
+        label_rate_max=float(raw.get("label_rate_max", 0.6)),
+        max_loans_without_application_data=float(
+            raw.get("max_loans_without_application_data", 0.01)),
+    )
+    if not 0 <= values.label_rate_min < values.label_rate_max <= 1:
+        raise SettingsError("checks: need 0 <= label_rate_min < label_rate_max <= 1")
+    return values
 
 
 def _monitoring(raw: dict) -> MonitoringSettings:
@@ -148,6 +170,7 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
             raw.get("features", {}).get("clickstream_lookback_months", 3),
             "features.clickstream_lookback_months",
         ),
+        checks=_checks(raw.get("checks", {})),
         monitoring=_monitoring(raw.get("monitoring", {})),
         duckdb_threads=duck.get("threads"),
         duckdb_memory_limit=duck.get("memory_limit"),

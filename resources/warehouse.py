@@ -125,6 +125,10 @@ class Warehouse(dg.ConfigurableResource):
         folder = self.month_dir(table, month)
         return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
+    def month_rows(self, table: Table, month: date) -> int:
+        """Rows of a published month, from the Parquet footers."""
+        return sum(pq.read_metadata(path).num_rows for path in self.month_files(table, month))
+
     def published_months(self, table: Table) -> list[date]:
         folder = self.table_dir(table)
         if not folder.is_dir():

@@ -1,15 +1,27 @@
 -- Parsing rules shared by every transform; each says which dirty input it is for.
 -- Loaded into every DuckDB connection the platform opens (resources/warehouse.py).
 
--- A source date: ISO `2023-01-31` (also with a time of day) or US `1/31/2023`.
-CREATE OR REPLACE MACRO parse_source_date(text) AS
-    try_strptime(trim(text), ['%Y-%m-%d', '%Y-%m-%d %H:%M:%S', '%m/%d/%Y'])::DATE;
+-- A source date, in one of the formats that read one way only, chosen by the text's shape:
+-- ISO `2023-01-31` (also with a time of day), US `1/31/2023`, or US with a two-digit year as
+-- spreadsheets save it, `1/31/23` (00-68 are 2000-2068, 69-99 are 1969-1999). Anything else,
+-- day-first dates such as `31/1/2023` among them, is NULL: ingestion then stops and names it.
+CREATE OR REPLACE MACRO parse_source_date(text) AS (
+    CASE
+        WHEN regexp_full_match(trim(text), '[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}( [0-9:.]+)?')
+        THEN try_strptime(trim(text), ['%Y-%m-%d', '%Y-%m-%d %H:%M:%S', '%Y-%m-%d %H:%M:%S.%f'])
+        WHEN regexp_full_match(trim(text), '[0-9]{1,2}/[0-9]{1,2}/[0-9]{4}')
+        THEN try_strptime(trim(text), '%m/%d/%Y')
+        WHEN regexp_full_match(trim(text), '[0-9]{1,2}/[0-9]{1,2}/[0-9]{2}')
+        THEN try_strptime(trim(text), '%m/%d/%y')
+    END)::DATE;
 
 -- A number as the course files write it: `52312.68_` and `40_` carry a stray trailing
 -- underscore and mean 52312.68 and 40. Anything else that is not a finite number is NULL,
 -- among them the placeholders `_` and `__10000__`.
+-- (A clean number takes the cast alone: the regular expression runs only on the rare rest.)
 CREATE OR REPLACE MACRO parse_number(text) AS (
-    CASE WHEN isfinite(TRY_CAST(regexp_replace(trim(text), '_+$', '') AS DOUBLE))
+    CASE WHEN isfinite(TRY_CAST(text AS DOUBLE)) THEN TRY_CAST(text AS DOUBLE)
+         WHEN isfinite(TRY_CAST(regexp_replace(trim(text), '_+$', '') AS DOUBLE))
          THEN TRY_CAST(regexp_replace(trim(text), '_+$', '') AS DOUBLE) END);
 
 -- The stray trailing underscore of the course files on an otherwise good number.

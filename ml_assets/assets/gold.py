@@ -1,7 +1,6 @@
 """Gold: the label store (by observation month) and the point-in-time feature store (by
 application month)."""
 
-
 import dagster as dg
 
 from ml_assets.assets.lake import (
@@ -13,6 +12,7 @@ from ml_assets.assets.lake import (
     publish,
     read_upstreams,
 )
+from ml_assets.checks import evaluation, materialized, spec
 from ml_assets.partitions import clickstream_window, run_months, window_pairs
 from ml_assets.settings import settings
 from ml_assets.tables import (
@@ -22,9 +22,11 @@ from ml_assets.tables import (
     SILVER_CLICKSTREAM,
     SILVER_FINANCIALS,
     SILVER_LOAN_DAILY,
+    asset_key,
 )
 from resources.warehouse import Warehouse
 
+BOUNDS = settings().checks
 LABEL_INPUTS = [Upstream("silver_loan_daily", SILVER_LOAN_DAILY)]
 FEATURE_INPUTS = [
     Upstream("silver_loan_daily", SILVER_LOAN_DAILY),
@@ -32,41 +34,73 @@ FEATURE_INPUTS = [
     Upstream("silver_financials", SILVER_FINANCIALS),
     Upstream("silver_clickstream", SILVER_CLICKSTREAM, clickstream_window),
 ]
+LABEL_RATE = spec(asset_key(LABEL_STORE), "label_rate_within_bounds",
+                  f"The month's label rate within [{BOUNDS.label_rate_min}, "
+                  f"{BOUNDS.label_rate_max}] (checks.label_rate_min/max)")
+NO_FUTURE_FEATURES = spec(asset_key(FEATURE_STORE), "no_feature_after_application",
+                          "features_as_of never after the application month", blocking=True)
+APPLICATION_DATA = spec(asset_key(FEATURE_STORE), "application_data_found",
+                        f"At most {BOUNDS.max_loans_without_application_data:.1%} of the month's "
+                        "loans without attributes or financials at application")
 
 
-@dg.asset(**describe_table(LABEL_STORE), deps=[u.dep() for u in LABEL_INPUTS], **MONTHLY)
-def label_store(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
+@dg.asset(**describe_table(LABEL_STORE, checks=[LABEL_RATE]),
+          deps=[u.dep() for u in LABEL_INPUTS], **MONTHLY)
+def label_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
     label = settings().label
     months = run_months(context)
     with warehouse.connect() as con:
         read_upstreams(con, warehouse, LABEL_INPUTS, months)
         compute(con, "gold/label_store",
                 {"label_dpd": label.dpd, "label_mob": label.mob, "label_def": label.name})
-        rates = dict(con.execute(
-            f"SELECT date_trunc('month', snapshot_date)::DATE, avg(label) FROM {RESULT} "
-            "GROUP BY ALL"
-        ).fetchall())
-        per_month = {m: {"label_def": label.name, "label_rate": float(rates.get(m) or 0.0)}
+        rates = {row[0]: row[1:] for row in con.execute(
+            f"SELECT date_trunc('month', snapshot_date)::DATE, avg(label), count(*) FROM {RESULT} "
+            "GROUP BY ALL").fetchall()}
+        per_month = {m: {"label_def": label.name,
+                         "label_rate": float(rates[m][0]) if m in rates else None}
                      for m in months}
-        publish(context, warehouse, con, LABEL_STORE, f"SELECT * FROM {RESULT}", months, per_month)
+        evaluations = publish(context, warehouse, con, LABEL_STORE, f"SELECT * FROM {RESULT}",
+                              months, per_month)
+    for month in months:
+        rate, loans = rates.get(month, (None, 0))
+        evaluations.append(evaluation(
+            LABEL_RATE, month,
+            rate is None or BOUNDS.label_rate_min <= rate <= BOUNDS.label_rate_max,
+            {"label_rate": rate, "loans": loans, "min": BOUNDS.label_rate_min,
+             "max": BOUNDS.label_rate_max}))
+    yield from materialized(context, evaluations)
 
 
-@dg.asset(**describe_table(FEATURE_STORE), deps=[u.dep() for u in FEATURE_INPUTS], **MONTHLY)
-def feature_store(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
+@dg.asset(**describe_table(FEATURE_STORE, checks=[NO_FUTURE_FEATURES, APPLICATION_DATA]),
+          deps=[u.dep() for u in FEATURE_INPUTS], **MONTHLY)
+def feature_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
     lookback = settings().clickstream_lookback_months
     months = run_months(context)
     with warehouse.connect() as con:
         read_upstreams(con, warehouse, FEATURE_INPUTS, months)
         con.register("clickstream_window", window_pairs(clickstream_window, months))
         compute(con, "gold/feature_store")
-        with_clickstream = dict(con.execute(
-            f"SELECT application_month, count_if(clickstream_months > 0) FROM {RESULT} "
-            "GROUP BY ALL"
-        ).fetchall())
-        per_month = {
-            m: {"loans_with_clickstream": int(with_clickstream.get(m, 0)),
-                "clickstream_lookback_months": lookback}
-            for m in months
-        }
-        publish(context, warehouse, con, FEATURE_STORE, f"SELECT * FROM {RESULT}", months,
-                per_month)
+        figures = {row[0]: row[1:] for row in con.execute(
+            f"SELECT application_month, count(*), count_if(clickstream_months > 0), "
+            f"count_if(date_trunc('month', features_as_of) > application_month), "
+            f"count_if(NOT (has_attributes AND has_financials)) FROM {RESULT} GROUP BY ALL"
+        ).fetchall()}
+        evaluations = []
+        for month in months:
+            loans, _, late, incomplete = figures.get(month, (0, 0, 0, 0))
+            evaluations.append(evaluation(NO_FUTURE_FEATURES, month, late == 0,
+                                          {"loans": loans, "features_after_application": late}))
+            share = incomplete / loans if loans else 0.0
+            evaluations.append(evaluation(
+                APPLICATION_DATA, month, share <= BOUNDS.max_loans_without_application_data,
+                {"loans": loans, "without_attributes_or_financials": incomplete, "share": share}))
+        leaking = [m for m in months if figures.get(m, (0, 0, 0, 0))[2]]
+        if leaking:  # a point-in-time violation is never published
+            yield from evaluations
+            raise RuntimeError(f"gold.feature_store: features dated after the application month "
+                               f"in {', '.join(map(str, leaking))}; nothing published")
+        per_month = {m: {"loans_with_clickstream": int(figures.get(m, (0, 0))[1]),
+                         "clickstream_lookback_months": lookback} for m in months}
+        evaluations += publish(context, warehouse, con, FEATURE_STORE, f"SELECT * FROM {RESULT}",
+                               months, per_month)
+    yield from materialized(context, evaluations)

@@ -8,6 +8,7 @@ from datetime import date
 import dagster as dg
 import duckdb
 
+from ml_assets.checks import evaluate_table_checks, table_check_specs
 from ml_assets.metadata import column_schema, preview
 from ml_assets.months import add_months, partition_key
 from ml_assets.partitions import monthly_partitions, upstream_months
@@ -59,9 +60,12 @@ def publish(
     query: str,
     months: Iterable[date],
     per_month: Mapping[date, Mapping[str, object]] | None = None,
-) -> dict[date, int]:
-    """Publish `query`'s rows as `table`'s months and record each month's metadata on the
-    asset's materialisation of that month (use for the asset's own table only)."""
+) -> list:
+    """Publish `query`'s rows as `table`'s months, record each month's metadata on the asset's
+    materialisation of that month (use for the asset's own table only), and return the
+    evaluations of the table's checks (see `checks.table_check_specs`) to yield."""
+    months = sorted(set(months))
+    evaluations = evaluate_table_checks(con, table, query, months)
     counts = warehouse.publish(con, table, query, months)
     schema = column_schema(con, query)
     for month, rows in counts.items():
@@ -86,15 +90,17 @@ def publish(
             },
             partition_key=partition_key(month),
         )
-    return counts
+    return evaluations
 
 
-def describe_table(table: Table) -> dict:
-    """The `@asset` arguments that follow from the table itself."""
+def describe_table(table: Table, checks: Iterable[dg.AssetCheckSpec] = ()) -> dict:
+    """The `@asset` arguments that follow from the table itself, with the table's checks and
+    the asset's own `checks`."""
     return dict(
         key=asset_key(table),
         group_name=table.schema,
         description=table.description,
         kinds={"duckdb", "parquet"},
         metadata={"dagster/table_name": table.qualified_name},
+        check_specs=[*table_check_specs(table), *checks],
     )

@@ -27,7 +27,7 @@ from ml_assets.assets.lake import (
     publish,
     read_upstreams,
 )
-from ml_assets.checks import check_outputs, evaluation, spec
+from ml_assets.checks import check_outputs, evaluation, materialized, spec
 from ml_assets.metadata import markdown_table
 from ml_assets.model_config import ModelSpec, model_config
 from ml_assets.modeling import Model, feature_schema_hash, fingerprint, train_model
@@ -109,7 +109,7 @@ def publish_rows(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, table, ro
 
 
 @dg.asset(**describe_table(TRAINING_SET), deps=[u.dep() for u in TRAINING_INPUTS], **MONTHLY)
-def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
+def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
     months = run_months(context)
     with warehouse.connect() as con:
         read_upstreams(con, warehouse, TRAINING_INPUTS, months)
@@ -138,8 +138,9 @@ def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse) -> Non
                 **({"rows_train": n_train, "rows_test": n_test, "rows_oot": n_oot,
                     "label_rate": float(rate)} if enough else {}),
             }
-        publish(context, warehouse, con, TRAINING_SET, "SELECT * FROM eligible", months,
-                per_month)
+        evaluations = publish(context, warehouse, con, TRAINING_SET, "SELECT * FROM eligible",
+                              months, per_month)
+    yield from materialized(context, evaluations)
 
 
 def as_dates(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -430,9 +431,8 @@ PREDICTION_CHECKS = {
 
 
 @dg.asset(
-    **describe_table(PREDICTIONS),
+    **describe_table(PREDICTIONS, checks=PREDICTION_CHECKS.values()),
     deps=[dg.AssetDep(asset_key(FEATURE_STORE)), dg.AssetDep(CHAMPION)],
-    check_specs=list(PREDICTION_CHECKS.values()),
     **MONTHLY,
 )
 def predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
@@ -489,7 +489,6 @@ def predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
                                      schema=PREDICTION_SCHEMA, preserve_index=False)
                 if scored else PREDICTION_SCHEMA.empty_table())
         con.register("scored", rows)
-        publish(context, warehouse, con, PREDICTIONS, "SELECT * FROM scored", months, per_month)
-    yield from evaluations
-    yield dg.MaterializeResult()
-    yield from check_outputs(context)
+        evaluations += publish(context, warehouse, con, PREDICTIONS, "SELECT * FROM scored",
+                               months, per_month)
+    yield from materialized(context, evaluations)

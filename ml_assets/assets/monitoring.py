@@ -130,10 +130,9 @@ def psi_band_check(check: dg.AssetCheckSpec, month: date, psi: float | None,
 
 
 @dg.asset(
-    **describe_table(STABILITY),
+    **describe_table(STABILITY, checks=STABILITY_CHECKS.values()),
     deps=[dg.AssetDep(asset_key(PREDICTIONS)), dg.AssetDep(asset_key(FEATURE_STORE)),
           dg.AssetDep(CHAMPION)],
-    check_specs=list(STABILITY_CHECKS.values()),
     **MONTHLY,
 )
 def stability(context: dg.AssetExecutionContext, warehouse: Warehouse):
@@ -216,10 +215,9 @@ PERFORMANCE_SCHEMA = pa.schema([
 
 
 @dg.asset(
-    **describe_table(PERFORMANCE),
+    **describe_table(PERFORMANCE, checks=PERFORMANCE_CHECKS.values()),
     deps=[dg.AssetDep(asset_key(PREDICTIONS), partition_mapping=matured_predictions),
           dg.AssetDep(asset_key(LABEL_STORE))],
-    check_specs=list(PERFORMANCE_CHECKS.values()),
     # When a label month's labels land, its performance is measured (the daemon does this).
     automation_condition=dg.AutomationCondition.eager(),
     **MONTHLY,

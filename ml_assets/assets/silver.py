@@ -4,19 +4,23 @@ A silver transform returns, beside the clean columns, one struct per cleaned sou
 (`num__`, `int__`, `cat__`, `parsed__` + the source column name) whose boolean fields say
 which rule changed the value, `_reject_reason` (NULL for a kept row) and the raw lineage
 columns. Columns whose names start with `_` or contain `__` never reach the silver table.
+Exact duplicate rows are dropped and counted first; two rows with the same key and different
+values stop the run, naming the file, month and key.
 """
 
-
 import re
-from collections import defaultdict
 from datetime import date
 
 import dagster as dg
 import duckdb
 
 from ml_assets.assets.lake import MONTHLY, RESULT, Upstream, compute, describe_table, publish
+from ml_assets.checks import evaluation, materialized, spec
+from ml_assets.contracts import ContractError
 from ml_assets.metadata import markdown_table
+from ml_assets.months import folder_label
 from ml_assets.partitions import run_months
+from ml_assets.settings import settings
 from ml_assets.tables import (
     RAW_ATTRIBUTES,
     RAW_CLICKSTREAM,
@@ -26,9 +30,10 @@ from ml_assets.tables import (
     SILVER_CLICKSTREAM,
     SILVER_FINANCIALS,
     SILVER_LOAN_DAILY,
+    asset_key,
     quarantine_of,
 )
-from resources.warehouse import Table, Warehouse
+from resources.warehouse import Table, Warehouse, sql_text
 
 _CLEANING_STRUCT = re.compile(r"^(num|int|cat|parsed)__([A-Za-z0-9_]+)$")
 _FIELD = re.compile(r"^[a-z_]+$")
@@ -38,6 +43,7 @@ REJECTED_ROWS = (
     f"SELECT _snapshot_month, _source_file, _row_number, _reject_reason AS reason "
     f"FROM {RESULT} WHERE _reject_reason IS NOT NULL"
 )
+MAX_QUARANTINE_SHARE = settings().checks.max_quarantine_share
 
 
 def rule_counts(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
@@ -61,6 +67,16 @@ def rule_counts(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
             for row in rows}
 
 
+def duplicate_keys(con: duckdb.DuckDBPyConnection, table: Table) -> list[tuple]:
+    """Keys (with month, first two data rows and the source file) held by more than one kept
+    row: rows that are not exact duplicates, since those were dropped."""
+    keys = ", ".join(f'"{c}"' for c in table.key)
+    return con.execute(
+        f"SELECT _snapshot_month, {keys}, count(*), list(_row_number ORDER BY _row_number)[:2], "
+        f"any_value(_source_file) FROM {RESULT} WHERE _reject_reason IS NULL "
+        f"GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 5").fetchall()
+
+
 def _rules_metadata(counts: dict[str, int]) -> dict:
     rows = sorted((rule.split(".", 1)[1], rule.split(".", 1)[0], n) for rule, n in counts.items())
     return {
@@ -73,26 +89,60 @@ def _rules_metadata(counts: dict[str, int]) -> dict:
 def build_silver_asset(table: Table, raw_table: Table) -> dg.AssetsDefinition:
     upstream = Upstream(f"raw_{raw_table.name}", raw_table)
     quarantine = quarantine_of(table)
+    key = asset_key(table)
+    checks = {
+        "rows_reconciled": spec(key, "rows_reconciled",
+                                "Raw rows in = rows out + rows quarantined + exact duplicates "
+                                "dropped"),
+        "quarantine_share": spec(key, "quarantine_share",
+                                 f"At most {MAX_QUARANTINE_SHARE:.1%} of the month's rows "
+                                 "quarantined (checks.max_quarantine_share)"),
+    }
 
-    @dg.asset(**describe_table(table), deps=[upstream.dep()], **MONTHLY)
-    def silver_asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
+    @dg.asset(**describe_table(table, checks=checks.values()), deps=[upstream.dep()], **MONTHLY)
+    def silver_asset(context: dg.AssetExecutionContext, warehouse: Warehouse):
         months = run_months(context)
         with warehouse.connect() as con:
-            warehouse.register_input(con, upstream.view, raw_table, months)
+            warehouse.register_input(con, "raw_rows", raw_table, months)
+            rows_in = dict(con.execute("SELECT _snapshot_month, count(*) FROM raw_rows "
+                                       "GROUP BY ALL").fetchall())
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {upstream.view} AS "
+                        f"{sql_text('silver/distinct_rows')}")
             compute(con, f"silver/{table.name}")
+            duplicated = duplicate_keys(con, table)
+            if duplicated:
+                raise ContractError("\n".join(
+                    f"{file}: {folder_label(month)}: {', '.join(table.key)} {tuple(key)} "
+                    f"appears {n} times with different values (data rows {rows[0]} and "
+                    f"{rows[1]}); nothing published"
+                    for month, *key, n, rows, file in duplicated))
             rules = rule_counts(con)
-            rows_in = dict(con.execute(
-                f"SELECT _snapshot_month, count(*) FROM {RESULT} GROUP BY ALL").fetchall())
-            rejected = warehouse.publish(con, quarantine, REJECTED_ROWS, months)
-            per_month = defaultdict(dict)
+            distinct = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {upstream.view} "
+                                        "GROUP BY ALL").fetchall())
+            quarantined = warehouse.publish(con, quarantine, REJECTED_ROWS, months)
+            per_month = {month: {
+                "rows_in": int(rows_in.get(month, 0)),
+                "duplicate_rows_dropped": int(rows_in.get(month, 0) - distinct.get(month, 0)),
+                "rows_quarantined": quarantined[month],
+                "quarantine_table": quarantine.qualified_name,
+                **_rules_metadata(rules.get(month, {})),
+            } for month in months}
+            evaluations = publish(context, warehouse, con, table, KEPT_ROWS, months, per_month)
             for month in months:
-                per_month[month] = {
-                    "rows_in": int(rows_in.get(month, 0)),
-                    "rows_quarantined": rejected[month],
-                    "quarantine_table": quarantine.qualified_name,
-                    **_rules_metadata(rules.get(month, {})),
-                }
-            publish(context, warehouse, con, table, KEPT_ROWS, months, per_month)
+                raw_rows = per_month[month]["rows_in"]
+                duplicates = per_month[month]["duplicate_rows_dropped"]
+                published = warehouse.month_rows(table, month)
+                share = quarantined[month] / raw_rows if raw_rows else 0.0
+                evaluations.append(evaluation(
+                    checks["rows_reconciled"], month,
+                    raw_rows == published + quarantined[month] + duplicates,
+                    {"rows_in": raw_rows, "rows_out": published,
+                     "quarantined": quarantined[month], "duplicates_dropped": duplicates}))
+                evaluations.append(evaluation(
+                    checks["quarantine_share"], month, share <= MAX_QUARANTINE_SHARE,
+                    {"quarantined": quarantined[month], "share": share,
+                     "max_share": MAX_QUARANTINE_SHARE}))
+        yield from materialized(context, evaluations)
 
     return silver_asset
 

@@ -6,7 +6,8 @@
 --     snapshots dated on or before the loan's start date, within the application month's
 --     lookback window (`clickstream_window`: the application month and the months before it,
 --     from the partition mapping); later snapshots are never used;
---   features_as_of: the latest source date used, never after the application month.
+--   features_as_of: the latest source date used, never after the application month;
+--   has_attributes, has_financials: whether the application snapshots were found.
 -- Inputs: `silver_loan_daily`, `silver_attributes`, `silver_financials` (application months),
 -- `silver_clickstream` (each application month's lookback window) and `clickstream_window`
 -- (month, upstream_month): the window's months for each application month.
@@ -57,6 +58,8 @@ SELECT
     loans.application_month,
     greatest(attributes.snapshot_date, financials.snapshot_date, clickstream.clickstream_as_of)
         AS features_as_of,
+    attributes.loan_id IS NOT NULL AS has_attributes,
+    financials.loan_id IS NOT NULL AS has_financials,
     attributes.age,
     attributes.occupation,
     financials.* EXCLUDE (loan_id, customer_id, snapshot_date),

@@ -1,0 +1,243 @@
+"""Data contracts of the raw sources (`config/contracts.yaml`) and how a month departs from one.
+
+The same evaluation serves the raw assets (each month as it is ingested) and
+`vintage contract check` (every month of a folder, without running anything).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cache
+from pathlib import Path
+
+import duckdb
+import yaml
+
+from ml_assets.months import folder_label
+from ml_assets.settings import CONFIG_DIR, SettingsError
+
+TYPES = ("text", "category", "integer", "number", "date")
+EMPTY_MONTHS = ("outside_range", "allowed", "error")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,100}$")
+ERROR, WARN = "ERROR", "WARN"
+BLOCKING_KINDS = ("missing", "retyped", "empty")
+
+
+class ContractError(ValueError):
+    """A source departs from its contract in a way that stops ingestion."""
+
+
+@dataclass(frozen=True)
+class ColumnContract:
+    name: str
+    type: str
+    max_null_share: float
+    max_unparseable_share: float
+    max_violation_share: float
+    values: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in ("integer", "number")
+
+
+@dataclass(frozen=True)
+class SourceContract:
+    name: str
+    columns: tuple[ColumnContract, ...]
+    key: tuple[str, ...]
+    empty_months: str
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One way a month of a source departs from its contract."""
+
+    source: str
+    month: date | None
+    kind: str  # missing, retyped, new, nulls, values, empty
+    column: str | None
+    message: str
+    figures: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def severity(self) -> str:
+        return WARN if self.kind in ("new", "values") else ERROR
+
+    @property
+    def blocking(self) -> bool:
+        return self.kind in BLOCKING_KINDS
+
+    def describe(self, file: str | None = None) -> str:
+        where = f"{file or self.source} {folder_label(self.month)}" if self.month else \
+            (file or self.source)
+        return f"{where}: {self.message}"
+
+
+def _quoted(column: str) -> str:
+    if not _COLUMN.match(column):
+        raise SettingsError(f"contract column name {column!r} is not a plain column name")
+    return '"' + column.replace('"', '""') + '"'
+
+
+def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:
+    path = Path(path or os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml")
+    raw = yaml.safe_load(path.read_text()) or {}
+    defaults = raw.get("defaults", {})
+    contracts = {}
+    for name, source in (raw.get("sources") or {}).items():
+        columns = []
+        for column, spec in (source.get("columns") or {}).items():
+            spec = spec or {}
+            kind = spec.get("type", "text")
+            if kind not in TYPES:
+                raise SettingsError(f"{path}: {name}.{column}: type must be one of {TYPES}")
+            _quoted(column)
+
+            def share(key, spec=spec):
+                return float(spec.get(key, defaults.get(key, 0.0)))
+
+            values = spec.get("values")
+            columns.append(ColumnContract(
+                name=column, type=kind, max_null_share=share("max_null_share"),
+                max_unparseable_share=share("max_unparseable_share"),
+                max_violation_share=share("max_violation_share"),
+                values=tuple(str(v) for v in values) if values is not None else None,
+                min=spec.get("min"), max=spec.get("max"),
+            ))
+        empty = source.get("empty_months", defaults.get("empty_months", "outside_range"))
+        if empty not in EMPTY_MONTHS:
+            raise SettingsError(f"{path}: {name}.empty_months must be one of {EMPTY_MONTHS}")
+        contracts[name] = SourceContract(name, tuple(columns), tuple(source.get("key") or ()),
+                                         empty)
+    return contracts
+
+
+@cache
+def contracts() -> dict[str, SourceContract]:
+    return load_contracts()
+
+
+def _measures(column: ColumnContract, index: int, params: dict) -> list[tuple[str, str]]:
+    """(name, SQL aggregate) pairs measuring one column; bound values go into `params`."""
+    q = _quoted(column.name)
+    # a number-typed cell is empty when NULL, blank or a placeholder; the cast first spares
+    # the regular expression on every clean number
+    empty = (f"({q} IS NULL OR (TRY_CAST({q} AS DOUBLE) IS NULL AND (trim({q}) = '' "
+             f"OR is_placeholder({q}))))" if column.numeric else f"({q} IS NULL OR trim({q}) = '')")
+    measures = [(f"nulls_{index}", f"count_if({empty})")]
+    if column.type == "date":
+        bad = f"NOT {empty} AND parse_source_date({q}) IS NULL"
+    elif column.numeric:
+        bad = f"parse_number({q}) IS NULL AND NOT {empty}"
+        if column.type == "integer":
+            bad = (f"coalesce(parse_number({q}) <> round(parse_number({q})), true) "
+                   f"AND NOT {empty}")
+    else:
+        bad = None
+    if bad:
+        measures += [(f"bad_{index}", f"count_if({bad})"),
+                     (f"bad_example_{index}", f"arg_min({q}, _row_number) FILTER ({bad})"),
+                     (f"bad_row_{index}", f"min(_row_number) FILTER ({bad})")]
+    violation = None
+    if column.values is not None:
+        params[f"values_{index}"] = list(column.values)
+        violation = f"NOT {empty} AND NOT list_contains($values_{index}, trim({q}))"
+    elif column.numeric and (column.min is not None or column.max is not None):
+        params[f"min_{index}"] = float(column.min if column.min is not None else -1e308)
+        params[f"max_{index}"] = float(column.max if column.max is not None else 1e308)
+        violation = (f"NOT parse_number({q}) BETWEEN $min_{index} AND $max_{index}")
+    if violation:
+        measures += [(f"violations_{index}", f"count_if({violation})"),
+                     (f"violation_example_{index}", f"arg_min({q}, _row_number) FILTER "
+                                                    f"({violation})")]
+    return measures
+
+
+def evaluate(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract,
+             present: list[str], months: list[date]) -> dict[date, list[Finding]]:
+    """How each month of `view` (raw text rows with `_snapshot_month` and `_row_number`)
+    departs from `contract`; `present` are the source's columns."""
+    findings: dict[date, list[Finding]] = {month: [] for month in months}
+    missing = [c for c in contract.column_names if c not in present]
+    new = [c for c in present if c not in contract.column_names and not c.startswith("_")]
+    for month in months:
+        for column in missing:
+            near = difflib.get_close_matches(column, new, n=1, cutoff=0.6)
+            hint = f"; new column {near[0]}" if near else ""
+            findings[month].append(Finding(contract.name, month, "missing", column,
+                                           f"column {column} missing{hint}"))
+        for column in new:
+            findings[month].append(Finding(contract.name, month, "new", column,
+                                           f"new column {column}, not in the contract"))
+    checked = [c for c in contract.columns if c.name in present]
+    params: dict = {"months": months}
+    measures = [m for i, c in enumerate(checked) for m in _measures(c, i, params)]
+    select = ", ".join(["_snapshot_month", "count(*) AS rows"]
+                       + [f"{sql} AS {name}" for name, sql in measures])
+    result = con.execute(f"SELECT {select} FROM {view} WHERE list_contains($months, "
+                         f"_snapshot_month) GROUP BY _snapshot_month", params)
+    names = [d[0] for d in result.description]
+    for row in result.fetchall():
+        values = dict(zip(names, row, strict=True))
+        month, rows = values["_snapshot_month"], values["rows"]
+        for i, column in enumerate(checked):
+            findings[month] += _column_findings(contract.name, month, column, i, rows, values)
+    return findings
+
+
+def _column_findings(source: str, month: date, column: ColumnContract, i: int, rows: int,
+                     values: dict) -> list[Finding]:
+    found = []
+    nulls = values[f"nulls_{i}"]
+    present = rows - nulls
+    if rows and nulls / rows > column.max_null_share:
+        found.append(Finding(
+            source, month, "nulls", column.name,
+            f"column {column.name}: {nulls / rows:.1%} of {rows} values empty, contract allows "
+            f"{column.max_null_share:.1%}", {"null_share": nulls / rows}))
+    bad = values.get(f"bad_{i}") or 0
+    if present and bad / present > column.max_unparseable_share:
+        found.append(Finding(
+            source, month, "retyped", column.name,
+            f"column {column.name}: {bad / present:.1%} of {present} values are not "
+            f"{column.type} (first at data row {values[f'bad_row_{i}']}: "
+            f"{values[f'bad_example_{i}']!r}); contract type {column.type}",
+            {"unparseable_share": bad / present}))
+    violations = values.get(f"violations_{i}") or 0
+    if present and violations / present > column.max_violation_share:
+        allowed = (f"values {list(column.values)}" if column.values is not None
+                   else f"range [{column.min}, {column.max}]")
+        found.append(Finding(
+            source, month, "values", column.name,
+            f"column {column.name}: {violations / present:.1%} of values outside {allowed} "
+            f"(e.g. {values[f'violation_example_{i}']!r})",
+            {"violation_share": violations / present}))
+    return found
+
+
+def empty_month_findings(contract: SourceContract, rows_by_month: dict[date, int],
+                         file_months: tuple[date, date] | None) -> list[Finding]:
+    """Months with no rows that the contract does not allow to be empty."""
+    found = []
+    for month, rows in rows_by_month.items():
+        if rows or contract.empty_months == "allowed":
+            continue
+        inside = file_months is not None and file_months[0] <= month <= file_months[1]
+        if contract.empty_months == "error" or inside:
+            span = (f" (the file has {folder_label(file_months[0])}.."
+                    f"{folder_label(file_months[1])})" if file_months else "")
+            found.append(Finding(contract.name, month, "empty", "snapshot_date",
+                                 f"no rows with snapshot_date in this month{span}; "
+                                 f"set empty_months: allowed in the contract if that is expected"))
+    return found
