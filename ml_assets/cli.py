@@ -95,6 +95,41 @@ def cmd_ui(args) -> int:
     os.execv(command[0], command)
 
 
+def _staging_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="vintage-contract-"))
+
+
+def cmd_contract_infer(args) -> int:
+    from ml_assets.contracts import infer_contract
+    from resources.sources import SOURCE_NAMES
+
+    draft = infer_contract(Path(args.source), SOURCE_NAMES, _staging_dir())
+    if args.out:
+        Path(args.out).write_text(draft + "\n")
+        print(f"draft contract written to {args.out}; review it, then point "
+              f"VINTAGE_CONTRACTS at it or copy it over config/contracts.yaml")
+    else:
+        print(draft)
+    return 0
+
+
+def cmd_contract_check(args) -> int:
+    from ml_assets.contracts import check_folder, load_contracts
+
+    results = check_folder(Path(args.source), load_contracts(args.contracts), _staging_dir())
+    errors = 0
+    for source, findings in results.items():
+        if not findings:
+            print(f"{source}: matches its contract")
+        for finding in findings:
+            errors += finding.severity == "ERROR"
+            print(f"{finding.severity:5} {finding.describe()}")
+    print(f"{errors} error(s)" if errors else "no errors")
+    return EXIT_FAILED if errors else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vintage", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -134,6 +169,18 @@ def parser() -> argparse.ArgumentParser:
                     help="interface to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=cmd_ui)
+
+    contract = commands.add_parser("contract", help="the data contracts of the sources")
+    contract_commands = contract.add_subparsers(dest="contract_command", required=True)
+    infer = contract_commands.add_parser("infer", help="draft a contract from a folder of files")
+    infer.add_argument("--source", required=True, help="folder of the four source files")
+    infer.add_argument("--out", help="write the draft here (default: print it)")
+    infer.set_defaults(handler=cmd_contract_infer)
+    check = contract_commands.add_parser(
+        "check", help="report how a folder of files departs from the contract (runs nothing)")
+    check.add_argument("--source", required=True, help="folder of the four source files")
+    check.add_argument("--contracts", help="contract file (default config/contracts.yaml)")
+    check.set_defaults(handler=cmd_contract_check)
 
     catalog = commands.add_parser("catalog", help="the DuckDB catalog of the lake")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)

@@ -24,7 +24,7 @@ TYPES = ("text", "category", "integer", "number", "date")
 EMPTY_MONTHS = ("outside_range", "allowed", "error")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,100}$")
 ERROR, WARN = "ERROR", "WARN"
-BLOCKING_KINDS = ("missing", "retyped", "empty")
+BLOCKING_KINDS = ("missing", "retyped", "empty", "duplicate_key")
 
 
 class ContractError(ValueError):
@@ -65,7 +65,7 @@ class Finding:
 
     source: str
     month: date | None
-    kind: str  # missing, retyped, new, nulls, values, empty
+    kind: str  # missing, retyped, empty, duplicate_key, new, nulls, values
     column: str | None
     message: str
     figures: dict = field(default_factory=dict, compare=False)
@@ -226,6 +226,46 @@ def _column_findings(source: str, month: date, column: ColumnContract, i: int, r
     return found
 
 
+def duplicate_key_findings(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract,
+                           present: list[str], months: list[date]) -> list[Finding]:
+    """Keys held by rows that differ in some other column (identical rows are mere duplicates,
+    which silver drops and counts)."""
+    if not contract.key or any(k not in present for k in contract.key):
+        return []
+    keys = ", ".join(_quoted(k) for k in contract.key)
+    fingerprinted = (f"SELECT *, md5(list_value(*COLUMNS(lambda c: NOT starts_with(c, '_')))"
+                     f"::VARCHAR) AS _fingerprint FROM {view} "
+                     f"WHERE list_contains($months, _snapshot_month)")
+    rows = con.execute(
+        f"SELECT _snapshot_month, {keys}, count(DISTINCT _fingerprint), "
+        f"list(_row_number ORDER BY _row_number)[:2] FROM ({fingerprinted}) GROUP BY ALL "
+        f"HAVING count(DISTINCT _fingerprint) > 1 ORDER BY ALL", {"months": months}).fetchall()
+    found: dict[date, list] = {}
+    for month, *key, variants, row_numbers in rows:
+        found.setdefault(month, []).append((tuple(key), variants, row_numbers))
+    return [Finding(
+        contract.name, month, "duplicate_key", ", ".join(contract.key),
+        f"{len(hits)} keys ({', '.join(contract.key)}) have rows with different values, e.g. "
+        f"{hits[0][0]} at data rows {hits[0][2][0]} and {hits[0][2][1]}",
+        {"duplicate_keys": len(hits)}) for month, hits in found.items()]
+
+
+def validate(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract,
+             present: list[str], months: list[date], file_months: tuple[date, date] | None
+             ) -> dict[date, list[Finding]]:
+    """Every way the months of `view` depart from `contract`: its columns and values, its
+    keys, and months without rows."""
+    findings = evaluate(con, view, contract, present, months)
+    rows = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {view} WHERE "
+                            f"list_contains($months, _snapshot_month) GROUP BY ALL",
+                            {"months": months}).fetchall())
+    extra = duplicate_key_findings(con, view, contract, present, months)
+    extra += empty_month_findings(contract, {m: rows.get(m, 0) for m in months}, file_months)
+    for finding in extra:
+        findings[finding.month].append(finding)
+    return findings
+
+
 def empty_month_findings(contract: SourceContract, rows_by_month: dict[date, int],
                          file_months: tuple[date, date] | None) -> list[Finding]:
     """Months with no rows that the contract does not allow to be empty."""
@@ -241,3 +281,145 @@ def empty_month_findings(contract: SourceContract, rows_by_month: dict[date, int
                                  f"no rows with snapshot_date in this month{span}; "
                                  f"set empty_months: allowed in the contract if that is expected"))
     return found
+
+
+# -- working with a folder of files, outside any run ------------------------------------------
+
+INFER_SHARE = 0.99  # a column reads as a type when this share of its non-empty values do
+MAX_CATEGORIES = 20
+
+
+def _staged_view(con: duckdb.DuckDBPyConnection, folder: Path, name: str, staging: Path):
+    """The source as text rows with `_snapshot_month`, and the staged copy."""
+    from resources.sources import locate, stage
+
+    staged = stage(locate(folder, name), name, staging)
+    con.read_parquet(str(staged.staged)).create_view(f"staged_{name}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW source_{name} AS SELECT *, date_trunc('month', "
+                f"parse_source_date(snapshot_date))::DATE AS _snapshot_month FROM staged_{name}")
+    return staged
+
+
+def check_folder(folder: Path, contract_set: dict[str, SourceContract], staging: Path
+                 ) -> dict[str, list[Finding]]:
+    """Every month of every source in `folder` against its contract."""
+    from resources.warehouse import sql_text
+
+    results = {}
+    with duckdb.connect() as con:
+        con.execute(sql_text("macros"))
+        for name, contract in contract_set.items():
+            staged = _staged_view(con, folder, name, staging)
+            if "snapshot_date" not in staged.columns:
+                results[name] = [Finding(name, None, "missing", "snapshot_date",
+                                         "column snapshot_date missing")]
+                continue
+            rows = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM source_{name} "
+                                    "WHERE _snapshot_month IS NOT NULL GROUP BY ALL").fetchall())
+            if not rows:
+                results[name] = [Finding(name, None, "empty", None, "no dated rows")]
+                continue
+            first, last = min(rows), max(rows)
+            from ml_assets.months import month_range
+
+            months = list(month_range(first, last))
+            findings = validate(con, f"source_{name}", contract, list(staged.columns), months,
+                                (first, last))
+            results[name] = [f for month in sorted(findings) for f in findings[month]]
+    return results
+
+
+def infer_contract(folder: Path, names: tuple[str, ...], staging: Path) -> str:
+    """A draft contract (YAML, with the observed figures as comments) for a user to review."""
+    from resources.warehouse import sql_text
+
+    lines = ["# Drafted by `vintage contract infer` from " + str(folder),
+             "# Review every line: types, bounds and allowed values are guesses from the data.",
+             "", "defaults:", "  max_unparseable_share: 0.01", "  max_null_share: 0.0",
+             "  max_violation_share: 0.1", "  empty_months: outside_range", "", "sources:"]
+    with duckdb.connect() as con:
+        con.execute(sql_text("macros"))
+        for name in names:
+            staged = _staged_view(con, folder, name, staging)
+            key = [c for c in staged.columns if c.lower().endswith("_id")][:1]
+            key += ["snapshot_date"] if "snapshot_date" in staged.columns else []
+            lines += [f"  {name}:", f"    # {staged.rows} rows in {staged.file.name}",
+                      f"    key: [{', '.join(key)}]", "    columns:"]
+            for column in staged.columns:
+                lines += _infer_column(con, f"staged_{name}", column, staged.rows)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _infer_column(con: duckdb.DuckDBPyConnection, view: str, column: str, rows: int
+                  ) -> list[str]:
+    q = _quoted(column)
+    stats = con.execute(
+        f"SELECT count_if({q} IS NULL OR trim({q}) = ''), "
+        f"count_if(is_placeholder({q})), "
+        f"count_if(parse_number({q}) IS NOT NULL), "
+        f"count_if(coalesce(parse_number({q}) = round(parse_number({q})), false)), "
+        f"count_if(parse_source_date({q}) IS NOT NULL), "
+        f"approx_count_distinct({q}), "
+        f"min(parse_number({q})), max(parse_number({q})), "
+        f"quantile_cont(parse_number({q}), 0.01), quantile_cont(parse_number({q}), 0.99) "
+        f"FROM {view}").fetchall()[0]
+    empty, placeholders, numbers, wholes, dates, distinct, low, high, p01, p99 = stats
+    filled = max(rows - empty - placeholders, 1)
+    if dates / filled >= INFER_SHARE:
+        kind = "date"
+    elif wholes / filled >= INFER_SHARE:
+        kind = "integer"
+    elif numbers / filled >= INFER_SHARE:
+        kind = "number"
+    elif distinct <= MAX_CATEGORIES:
+        kind = "category"
+    else:
+        kind = "text"
+    # placeholders count as empty only in numbers; in text they are values
+    nulls = empty + placeholders if kind in ("integer", "number") else empty
+    null_share = nulls / rows if rows else 0.0
+    spec = [f"type: {kind}"]
+    # twice the observed share and two points more: a month's share varies around the file's
+    bound = min(1.0, round(null_share * 2 + 0.02, 2)) if null_share else 0.0
+    if bound:
+        spec.append(f"max_null_share: {bound}")
+    comment = f"{null_share:.1%} empty"
+    if kind in ("integer", "number") and p01 is not None:
+        spec += [f"min: {p01:g}", f"max: {p99:g}"]
+        comment += f", observed {low:g}..{high:g} (min/max are the 1st and 99th percentiles)"
+    if kind == "category":
+        values = [v for (v,) in con.execute(
+            f"SELECT DISTINCT {q} FROM {view} WHERE {q} IS NOT NULL AND trim({q}) <> '' "
+            f"ORDER BY 1").fetchall()]
+        spec.append("values: [" + ", ".join(yaml.safe_dump(v).split("\n")[0] for v in values)
+                    + "]")
+    return [f"      # {comment}", f"      {column}: {{{', '.join(spec)}}}"]
+
+
+def validate_source(con: duckdb.DuckDBPyConnection, staged, contract: SourceContract,
+                    months: list[date]) -> dict[date, list[Finding]]:
+    """A staged source (resources.sources.StagedSource) against its contract for `months`:
+    what the raw asset checks before it publishes, and `vintage run` before it starts."""
+    from resources.sources import SourceError, month_range
+    from resources.warehouse import sql_text
+
+    if "snapshot_date" not in staged.columns:
+        raise SourceError(f"{staged.file}: column snapshot_date missing")
+    con.read_parquet(str(staged.staged)).create_view("staged_source", replace=True)
+    undated, first_row, example = con.execute(
+        sql_text("raw/undated_rows").replace("FROM source", "FROM staged_source")
+    ).fetchall()[0]
+    if undated:
+        raise SourceError(
+            f"{staged.file}: column snapshot_date: {undated} rows have no readable date (first "
+            f"at data row {first_row}: {example!r}); expected YYYY-MM-DD, M/D/YYYY or M/D/YY "
+            f"(day-first dates read two ways and are refused)")
+    con.execute("CREATE OR REPLACE TEMP VIEW source_months AS SELECT *, date_trunc('month', "
+                "parse_source_date(snapshot_date))::DATE AS _snapshot_month FROM staged_source")
+    file_months = month_range(staged, sql_text("macros")) if staged.rows else None
+    return validate(con, "source_months", contract, list(staged.columns), months, file_months)
+
+
+def blocking(findings: dict[date, list[Finding]]) -> list[Finding]:
+    return [f for month in sorted(findings) for f in findings[month] if f.blocking]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
@@ -17,6 +18,7 @@ import dagster as dg
 
 from ml_assets.months import folder_label, parse_month, partition_key
 from ml_assets.settings import CONFIG_DIR
+from resources.sources import SourceError
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -85,7 +87,9 @@ def resolve_selection(defs: dg.Definitions, select: str | None) -> list[dg.Asset
     if not select:
         return sorted(graph.get_all_asset_keys())
     try:
-        keys = dg.AssetSelection.from_string(select).resolve(graph)
+        with warnings.catch_warnings():  # Dagster's parser passes one of its beta parameters
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            keys = dg.AssetSelection.from_string(select).resolve(graph)
     except Exception as error:  # Dagster raises several kinds for a bad selection string
         raise UsageError(f"--select {select!r}: {error}") from None
     if not keys:
@@ -93,16 +97,46 @@ def resolve_selection(defs: dg.Definitions, select: str | None) -> list[dg.Asset
     return sorted(keys)
 
 
+def preflight(start: date, end: date, keys: list[dg.AssetKey]) -> list[str]:
+    """Check every source the selection ingests, for the months, against its contract before the
+    run starts: a bad file then stops everything, and no other source's months are re-ingested
+    in the meantime. Returns the problems (empty when the run can go ahead)."""
+    from ml_assets.contracts import blocking, contracts, validate_source
+    from ml_assets.definitions import build_resources
+    from ml_assets.months import month_range
+    from ml_assets.settings import settings
+    from ml_assets.tables import RAW_TABLES, asset_key
+
+    ingested = [name for name, table in RAW_TABLES.items() if asset_key(table) in keys]
+    if not ingested:
+        return []
+    resources = build_resources(settings())
+    sources, warehouse = resources["sources"], resources["warehouse"]
+    months = list(month_range(start, end))
+    problems = []
+    with warehouse.connect() as con:
+        for name in ingested:
+            staged = sources.stage(name)
+            findings = validate_source(con, staged, contracts()[name], months)
+            problems += [f.describe(staged.file.name) for f in blocking(findings)]
+    return problems
+
+
 def run(first: str | None = None, last: str | None = None, select: str | None = None,
         verbose: bool = False) -> RunSummary:
     """Materialise the selected assets for months first..last (default: every month)."""
-    from ml_assets.definitions import defs, monthly_pipeline
-    from ml_assets.partitions import monthly_partitions
     from ml_assets.settings import settings
 
-    check_warehouse_writable(settings().warehouse)
+    check_warehouse_writable(settings().warehouse)  # before loading: that stages the lms file
+    from ml_assets.definitions import defs, monthly_pipeline
+    from ml_assets.partitions import monthly_partitions
+
     start, end = resolve_months(first, last, monthly_partitions)
     keys = resolve_selection(defs, select)
+    problems = preflight(start, end, keys)
+    if problems:
+        raise SourceError("\n".join(problems) + "\nnothing was run; published months are "
+                          "unchanged")
     ensure_dagster_home()
     job = defs.resolve_job_def(monthly_pipeline.name)
     with dg.DagsterInstance.get() as instance:

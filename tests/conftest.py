@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -42,3 +46,13 @@ def run_transform(sql_name: str, inputs: dict[str, pa.Table], params: dict | Non
 @pytest.fixture
 def transform():
     return run_transform
+
+
+VINTAGE = str(Path(sys.executable).parent / "vintage")
+
+
+def run_vintage(*args: str, env: dict | None = None, cwd=None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
+    """The `vintage` command in its own process, as a user runs it."""
+    return subprocess.run([VINTAGE, *args], env={**os.environ, **(env or {})}, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)

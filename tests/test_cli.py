@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,13 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_assets.demo.generator import generate
-
-VINTAGE = str(Path(sys.executable).parent / "vintage")
+from tests.conftest import run_vintage
 
 
 def vintage(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([VINTAGE, *args], env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_vintage(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """Raw (bronze): each source file's rows of the month, verbatim as text, with lineage.
 
 Every month is checked against the source's data contract before anything is published: a
-missing or retyped column, or a month without rows that should have some, stops the run with a
-message naming the file, the month and the column, and leaves the published months as they were.
+missing or retyped column, a key with rows that differ, or a month without rows that should have
+some, stops the run with a message naming the file, the month and the column, and leaves the
+published months as they were.
 """
 
 from datetime import UTC, datetime
@@ -11,12 +12,12 @@ import dagster as dg
 
 from ml_assets.assets.lake import MONTHLY, RESULT, compute, describe_table, publish
 from ml_assets.checks import evaluation, materialized, spec
-from ml_assets.contracts import ContractError, contracts, empty_month_findings, evaluate
+from ml_assets.contracts import ContractError, blocking, contracts, validate_source
 from ml_assets.metadata import markdown_table
 from ml_assets.partitions import run_months
 from ml_assets.tables import RAW_TABLES, asset_key
-from resources.sources import SourceError, Sources, month_range
-from resources.warehouse import Table, Warehouse, sql_text
+from resources.sources import Sources
+from resources.warehouse import Table, Warehouse
 
 # check name -> (the finding kinds it covers, blocking, description). A failing check is an
 # ERROR if any of its findings is (a missing or retyped column, an empty month, too many empty
@@ -24,9 +25,9 @@ from resources.warehouse import Table, Warehouse, sql_text
 # check's ERROR stops what is downstream, and those months are never published.
 CONTRACT_CHECKS = {
     "schema_matches_contract": (
-        ("missing", "retyped", "empty", "new"), True,
-        "Every contract column present and reading as its type, the month not empty (ERROR, "
-        "blocking); no column outside the contract (WARN)"),
+        ("missing", "retyped", "empty", "duplicate_key", "new"), True,
+        "Every contract column present and reading as its type, the month not empty, no key "
+        "with rows that differ (ERROR, blocking); no column outside the contract (WARN)"),
     "values_within_contract": (
         ("nulls", "values"), False,
         "Empty values within each column's bound (ERROR); values within the contract's allowed "
@@ -52,8 +53,8 @@ def contract_evaluations(check_specs: dict[str, dg.AssetCheckSpec], findings, fi
 
 
 def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
-    check_specs = {name: spec(asset_key(table), name, description, blocking=blocking)
-                   for name, (_, blocking, description) in CONTRACT_CHECKS.items()}
+    check_specs = {name: spec(asset_key(table), name, description, blocking=stops)
+                   for name, (_, stops, description) in CONTRACT_CHECKS.items()}
 
     @dg.asset(**describe_table(table, checks=check_specs.values()), **MONTHLY)
     def raw_asset(context: dg.AssetExecutionContext, warehouse: Warehouse, sources: Sources):
@@ -62,36 +63,22 @@ def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
         if contract is None:
             raise ContractError(f"config/contracts.yaml has no contract for {source_name}")
         staged = sources.stage(source_name)
-        if "snapshot_date" not in staged.columns:
-            raise SourceError(f"{staged.file}: column snapshot_date missing")
         with warehouse.connect() as con:
+            findings = validate_source(con, staged, contract, months)
+            evaluations = contract_evaluations(check_specs, findings, staged.file.name)
+            stopping = blocking(findings)
+            if stopping:
+                yield from evaluations
+                raise ContractError(
+                    "\n".join(f.describe(staged.file.name) for f in stopping)
+                    + f"\n{staged.file}: nothing ingested; published months are unchanged")
             con.read_parquet(str(staged.staged)).create_view("source")
-            undated, first_row, example = con.execute(sql_text("raw/undated_rows")).fetchall()[0]
-            if undated:
-                raise SourceError(
-                    f"{staged.file}: column snapshot_date: {undated} rows have no readable date "
-                    f"(first at data row {first_row}: {example!r}); expected YYYY-MM-DD, "
-                    f"M/D/YYYY or M/D/YY")
             compute(con, "raw/source_rows", {
                 "source_file": str(staged.file),
                 "ingested_at": datetime.now(UTC).replace(tzinfo=None),
                 "first_month": months[0],
                 "last_month": months[-1],
             })
-            rows = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {RESULT} "
-                                    "GROUP BY ALL").fetchall())
-            findings = evaluate(con, RESULT, contract, list(staged.columns), months)
-            file_months = month_range(staged, sql_text("macros")) if staged.rows else None
-            for finding in empty_month_findings(contract, {m: rows.get(m, 0) for m in months},
-                                                file_months):
-                findings[finding.month].append(finding)
-            evaluations = contract_evaluations(check_specs, findings, staged.file.name)
-            blocking = [f for found in findings.values() for f in found if f.blocking]
-            if blocking:
-                yield from evaluations
-                raise ContractError(
-                    "\n".join(f.describe(staged.file.name) for f in blocking)
-                    + f"\n{staged.file}: nothing ingested; published months are unchanged")
             per_month = {m: {"contract_findings": dg.MetadataValue.md(markdown_table(
                 ["kind", "column", "finding"],
                 [[f.kind, f.column, f.message] for f in findings[m]]) if findings[m] else "none")}
