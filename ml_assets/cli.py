@@ -30,6 +30,13 @@ def _print_summary(summary) -> None:
             print(f"{asset:<40} {seconds:>8.2f}")
         for stage, seconds in summary.seconds_by_stage().items():
             print(f"{'stage ' + stage:<40} {seconds:>8.2f}")
+    if summary.failed_checks:
+        shown = 25
+        print(f"{len(summary.failed_checks)} check evaluation(s) failed:")
+        for line in summary.failed_checks[:shown]:
+            print(f"  {line}")
+        if len(summary.failed_checks) > shown:
+            print(f"  ... and {len(summary.failed_checks) - shown} more (see the Dagster UI)")
     for error in summary.errors:
         print(f"vintage: {error}", file=sys.stderr)
 

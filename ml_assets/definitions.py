@@ -50,6 +50,12 @@ ASSETS = [*raw_assets, *silver_assets, label_store, feature_store, training_set,
           champion, predictions, stability, performance, drift_report, recommendation, summary]
 
 
+# Dagster's own check that a table's columns did not change between materialisations, from the
+# `dagster/column_schema` every materialisation records.
+schema_change_checks = dg.build_column_schema_change_checks(
+    assets=[asset for asset in ASSETS if asset.key.path[0] in ("silver", "gold")])
+
+
 def build_definitions(resources: dict) -> dg.Definitions:
     """The code location over the given resources (tests pass their own warehouse).
 
@@ -57,7 +63,8 @@ def build_definitions(resources: dict) -> dg.Definitions:
     independent steps side by side in separate processes was slower (96 s against 75 s for
     the 1x demo), as the steps already use both cores and each process pays its start-up.
     It also keeps a run's memory to one DuckDB at a time."""
-    return dg.Definitions(assets=ASSETS, resources=resources, jobs=[monthly_pipeline],
+    return dg.Definitions(assets=ASSETS, asset_checks=schema_change_checks,
+                          resources=resources, jobs=[monthly_pipeline],
                           executor=dg.in_process_executor)
 
 

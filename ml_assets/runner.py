@@ -36,12 +36,19 @@ class RunSummary:
     last: date
     seconds_by_asset: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)
 
     def seconds_by_stage(self) -> dict[str, float]:
         stages: dict[str, float] = defaultdict(float)
         for asset, seconds in self.seconds_by_asset.items():
             stages[asset.split("/", 1)[0]] += seconds
         return dict(stages)
+
+
+def step_name(step_key: str) -> str:
+    """`raw/lms_loan_daily` for an asset's step; the column schema checks' step by its job."""
+    return "checks/column_schema_changes" if step_key.startswith("asset_check") \
+        else step_key.replace("__", "/")
 
 
 def ensure_dagster_home() -> Path:
@@ -151,12 +158,19 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
     summary = RunSummary(result.run_id, result.success, start, end)
     for event in result.all_events:
         if event.is_step_success:
-            asset = event.step_key.replace("__", "/")
-            summary.seconds_by_asset[asset] = event.event_specific_data.duration_ms / 1000
+            summary.seconds_by_asset[step_name(event.step_key)] = (
+                event.event_specific_data.duration_ms / 1000)
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            check = event.event_specific_data
+            if not check.passed:
+                summary.failed_checks.append(
+                    f"{check.severity.value:5} {check.asset_key.to_user_string()} "
+                    f"{check.check_name} {check.partition or ''}: {check.description or ''}"
+                    .rstrip(": "))
         elif event.is_step_failure:
             error = event.event_specific_data.error
             cause = error.cause or error
-            summary.errors.append(f"{event.step_key.replace('__', '/')}: {cause.message.strip()}")
+            summary.errors.append(f"{step_name(event.step_key)}: {cause.message.strip()}")
     refresh_catalog()
     return summary
 
