@@ -9,6 +9,8 @@ import dagster as dg
 # would warn at every import.
 for parameter in ("backfill_policy", "allow_nonexistent_upstream_partitions"):
     warnings.filterwarnings("ignore", message=f".*`{parameter}`.*", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", message=".*build_column_schema_change_checks.*",
+                        category=dg.BetaWarning)
 # Checks evaluated per month (ml_assets/checks.py) need partitioned check specs, a preview.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*",
                         category=dg.PreviewWarning)

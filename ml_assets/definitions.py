@@ -15,6 +15,9 @@ from ml_assets.assets.monitoring import (
 )
 from ml_assets.assets.raw import raw_assets
 from ml_assets.assets.silver import silver_assets
+from ml_assets.jobs import monthly_pipeline, stage_jobs
+from ml_assets.schedules import monthly_schedule
+from ml_assets.sensors import sensors
 from ml_assets.settings import Settings, settings
 from resources.model_store import ModelStore
 from resources.sources import Sources
@@ -40,12 +43,6 @@ def build_resources(config: Settings) -> dict:
     }
 
 
-monthly_pipeline = dg.define_asset_job(
-    "monthly_pipeline",
-    selection=dg.AssetSelection.all(),
-    description="Every monthly asset, raw to monitoring, for the chosen months.",
-)
-
 ASSETS = [*raw_assets, *silver_assets, label_store, feature_store, training_set, *model_assets,
           champion, predictions, stability, performance, drift_report, recommendation, summary]
 
@@ -64,7 +61,8 @@ def build_definitions(resources: dict) -> dg.Definitions:
     the 1x demo), as the steps already use both cores and each process pays its start-up.
     It also keeps a run's memory to one DuckDB at a time."""
     return dg.Definitions(assets=ASSETS, asset_checks=schema_change_checks,
-                          resources=resources, jobs=[monthly_pipeline],
+                          resources=resources, jobs=[monthly_pipeline, *stage_jobs],
+                          schedules=[monthly_schedule], sensors=sensors,
                           executor=dg.in_process_executor)
 
 

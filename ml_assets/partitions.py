@@ -31,10 +31,13 @@ def source_month_range(config: Settings) -> tuple[date, date]:
 
 
 def monthly_partitions_def(config: Settings) -> dg.MonthlyPartitionsDefinition:
-    first, last = source_month_range(config)
-    return dg.MonthlyPartitionsDefinition(
-        start_date=first.isoformat(), end_date=add_months(last, 1).isoformat()
-    )
+    """From the first month of the data (or `months.first`) to the last complete month (or
+    `months.last`): open-ended, so that next month's partition exists when its data arrives and
+    the schedule and sensors can ask for it without reloading the code location."""
+    first = config.first_month or source_month_range(config)[0]
+    end = add_months(config.last_month, 1).isoformat() if config.last_month else None
+    return dg.MonthlyPartitionsDefinition(start_date=first.isoformat(), end_date=end,
+                                          end_offset=0)
 
 
 monthly_partitions = monthly_partitions_def(settings())

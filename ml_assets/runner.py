@@ -70,20 +70,23 @@ def check_warehouse_writable(path: Path) -> None:
         raise UsageError(f"warehouse {path} is not writable: {error.strerror}") from None
 
 
-def resolve_months(first: str | None, last: str | None, partitions_def) -> tuple[date, date]:
+def resolve_months(first: str | None, last: str | None, partitions_def,
+                   data_months: tuple[date, date]) -> tuple[date, date]:
+    """The months to run: as given, else the data's; always within the partitions."""
     keys = partitions_def.get_partition_keys()
-    data_first, data_last = parse_month(keys[0]), parse_month(keys[-1])
+    earliest, latest = parse_month(keys[0]), parse_month(keys[-1])
     try:
-        start = parse_month(first) if first else data_first
-        end = parse_month(last) if last else data_last
+        start = parse_month(first) if first else data_months[0]
+        end = parse_month(last) if last else min(data_months[1], latest)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if start > end:
         raise UsageError(f"--from {folder_label(start)} is after --to {folder_label(end)}")
-    if start < data_first or end > data_last:
+    if start < earliest or end > latest:
         raise UsageError(
-            f"months {folder_label(start)}..{folder_label(end)} are outside the data's months "
-            f"{folder_label(data_first)}..{folder_label(data_last)}"
+            f"months {folder_label(start)}..{folder_label(end)} are outside the months the "
+            f"platform has, {folder_label(earliest)}..{folder_label(latest)} (from the data's "
+            f"first month to the last complete month)"
         )
     return start, end
 
@@ -136,9 +139,10 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
 
     check_warehouse_writable(settings().warehouse)  # before loading: that stages the lms file
     from ml_assets.definitions import defs, monthly_pipeline
-    from ml_assets.partitions import monthly_partitions
+    from ml_assets.partitions import monthly_partitions, source_month_range
 
-    start, end = resolve_months(first, last, monthly_partitions)
+    start, end = resolve_months(first, last, monthly_partitions,
+                                source_month_range(settings()))
     keys = resolve_selection(defs, select)
     problems = preflight(start, end, keys)
     if problems:

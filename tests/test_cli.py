@@ -63,7 +63,7 @@ def test_run_on_course_format_files_in_other_formats(course_folder, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--from", "2024-13"], "'2024-13' is not a month"),
     (["--from", "2024-05", "--to", "2024-01"], "--from 2024-05 is after --to 2024-01"),
-    (["--from", "2019-01"], "outside the data's months 2023-01..2025-11"),
+    (["--from", "2019-01"], "outside the months the platform has, 2023-01.."),
     (["--select", "key:gold/no_such_table"], "matches no asset"),
 ])
 def test_bad_arguments_exit_2_with_a_message(args, message, tmp_path):

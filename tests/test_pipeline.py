@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 
 from ml_assets.definitions import build_definitions, monthly_pipeline
-from ml_assets.demo.generator import generate
-from ml_assets.partitions import monthly_partitions
+from ml_assets.demo.generator import demo_month_range, generate
 from ml_assets.runner import RANGE_END, RANGE_START
 from resources.model_store import ModelStore
 from resources.sources import Sources
@@ -47,8 +46,9 @@ def demo(tmp_path_factory):
     warehouse = Warehouse(path=str(root / "warehouse"))
     sources = Sources(folder=str(root / "demo"), staging_dir=str(root / "warehouse/_staging"))
     instance = dg.DagsterInstance.ephemeral()
-    keys = monthly_partitions.get_partition_keys()
-    result = materialise(warehouse, sources, keys[0], keys[-1], instance=instance)
+    first, last = demo_month_range()
+    result = materialise(warehouse, sources, first.isoformat(), last.isoformat(),
+                         instance=instance)
     return root, warehouse, sources, instance, result
 
 
@@ -493,3 +493,28 @@ def test_recommendations_name_metric_value_and_threshold(demo):
         for reason in json.loads(row.reasons_json):
             assert {"metric", "value", "threshold", "action"} <= set(reason)
             assert reason["metric"] in row.reasons
+
+
+def test_the_retrain_sensor_asks_to_retrain_the_months_that_need_it(demo):
+    _, warehouse, _, instance, _ = demo
+    from ml_assets.definitions import defs
+
+    sensor = defs.resolve_sensor_def("retrain_on_recommendation")
+
+    def tick(cursor):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                          resources={"warehouse": warehouse})
+        return sensor.evaluate_tick(context)
+
+    with catalog(warehouse) as con:
+        retrain = {m.isoformat() for (m,) in con.execute(
+            "SELECT month FROM monitoring.recommendation WHERE recommendation = 'retrain'"
+        ).fetchall()}
+    first = tick(None)
+    assert retrain and {r.partition_key for r in first.run_requests} == retrain
+    request = first.run_requests[0]
+    assert dg.AssetKey(["gold", "training_set"]) in request.asset_selection
+    assert dg.AssetKey(["ml", "champion"]) in request.asset_selection
+    assert dg.AssetKey(["raw", "lms_loan_daily"]) not in request.asset_selection
+    assert request.tags["vintage/reason"].startswith("retrain: ")
+    assert tick(first.cursor).run_requests == []

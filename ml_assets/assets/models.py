@@ -384,6 +384,9 @@ def decide(month: date, candidates: list[dict], previous: dict | None,
 
 @dg.asset(
     key=CHAMPION, group_name="ml", kinds={"python"},
+    # month M's gate reads month M-1's decision: one gate at a time across runs (the instance
+    # gives every pool a limit of 1, config/dagster.yaml)
+    pool="champion_gate",
     deps=[*(dg.AssetDep(m.key) for m in model_assets), dg.AssetDep(asset_key(TRAINING_SET)),
           dg.AssetDep(CHAMPION, partition_mapping=dg.TimeWindowPartitionMapping(
               start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
