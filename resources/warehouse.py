@@ -40,6 +40,24 @@ CATALOG_FILE = "catalog.duckdb"
 _STAGING = ".staging"
 
 
+@dataclass
+class IOCounts:
+    """Rows read from and written to the lake by the current step (see ml_assets/measure.py)."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+
+    def reset(self) -> None:
+        self.rows_in = self.rows_out = 0
+
+
+_io_counts = IOCounts()
+
+
+def io_counts() -> IOCounts:
+    return _io_counts
+
+
 class WarehouseError(RuntimeError):
     """The lake cannot be read or written as asked."""
 
@@ -179,6 +197,7 @@ class Warehouse(dg.ConfigurableResource):
         if not _IDENTIFIER.match(view_name):
             raise WarehouseError(f"invalid view name {view_name!r}")
         files = [str(path) for m in months for path in self.month_files(table, m)]
+        _io_counts.rows_in += sum(pq.read_metadata(path).num_rows for path in files)
         if files:
             relation = con.read_parquet(files, union_by_name=True, hive_partitioning=False)
         else:  # a window wholly before the first month: no rows, but the table's columns
@@ -218,8 +237,10 @@ class Warehouse(dg.ConfigurableResource):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._refresh_view_if_changed(table, self.month_file(table, months[-1], part))
-        return {month: pq.read_metadata(self.month_file(table, month, part)).num_rows
-                for month in months}
+        counts = {month: pq.read_metadata(self.month_file(table, month, part)).num_rows
+                  for month in months}
+        _io_counts.rows_out += sum(counts.values())
+        return counts
 
     def _new_staging_dir(self, table: Table) -> Path:
         base = self.table_dir(table) / _STAGING

@@ -4,11 +4,11 @@ application month)."""
 import dagster as dg
 
 from ml_assets.assets.lake import (
-    MONTHLY,
     RESULT,
     Upstream,
     compute,
     describe_table,
+    monthly_asset,
     publish,
     read_upstreams,
 )
@@ -44,8 +44,8 @@ APPLICATION_DATA = spec(asset_key(FEATURE_STORE), "application_data_found",
                         "loans without attributes or financials at application")
 
 
-@dg.asset(**describe_table(LABEL_STORE, checks=[LABEL_RATE]),
-          deps=[u.dep() for u in LABEL_INPUTS], **MONTHLY)
+@monthly_asset(**describe_table(LABEL_STORE, checks=[LABEL_RATE]),
+          deps=[u.dep() for u in LABEL_INPUTS])
 def label_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
     label = settings().label
     months = run_months(context)
@@ -71,8 +71,8 @@ def label_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
     yield from materialized(context, evaluations)
 
 
-@dg.asset(**describe_table(FEATURE_STORE, checks=[NO_FUTURE_FEATURES, APPLICATION_DATA]),
-          deps=[u.dep() for u in FEATURE_INPUTS], **MONTHLY)
+@monthly_asset(**describe_table(FEATURE_STORE, checks=[NO_FUTURE_FEATURES, APPLICATION_DATA]),
+          deps=[u.dep() for u in FEATURE_INPUTS])
 def feature_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
     lookback = settings().clickstream_lookback_months
     months = run_months(context)

@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 
 from ml_assets.checks import evaluate_table_checks, table_check_specs
+from ml_assets.measure import measured
 from ml_assets.metadata import column_schema, preview
 from ml_assets.months import add_months, partition_key
 from ml_assets.partitions import monthly_partitions, upstream_months
@@ -17,12 +18,16 @@ from resources.warehouse import Table, Warehouse, sql_text
 
 RESULT = "result"
 
-# Policies shared by every monthly asset: one partitions definition, and a backfill over a range
-# of months runs as one run that computes all of them in one pass.
-MONTHLY = dict(
-    partitions_def=monthly_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-)
+
+def monthly_asset(**asset_arguments):
+    """`@dg.asset` with the policies every asset of the platform shares: the one monthly
+    partitions definition; a backfill over a range of months is one run computing all of them
+    in one pass; and what the step cost is recorded on its materialisations."""
+    def decorate(compute):
+        return dg.asset(partitions_def=monthly_partitions,
+                        backfill_policy=dg.BackfillPolicy.single_run(),
+                        **asset_arguments)(measured(compute))
+    return decorate
 
 
 @dataclass(frozen=True)

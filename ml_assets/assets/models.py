@@ -19,11 +19,11 @@ import pyarrow as pa
 
 from ml_assets import metrics
 from ml_assets.assets.lake import (
-    MONTHLY,
     RESULT,
     Upstream,
     compute,
     describe_table,
+    monthly_asset,
     publish,
     read_upstreams,
 )
@@ -108,7 +108,7 @@ def publish_rows(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, table, ro
 # -- training set ---------------------------------------------------------------------------
 
 
-@dg.asset(**describe_table(TRAINING_SET), deps=[u.dep() for u in TRAINING_INPUTS], **MONTHLY)
+@monthly_asset(**describe_table(TRAINING_SET), deps=[u.dep() for u in TRAINING_INPUTS])
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
     months = run_months(context)
     with warehouse.connect() as con:
@@ -270,14 +270,13 @@ def build_model_asset(model: ModelSpec) -> dg.AssetsDefinition:
     key = dg.AssetKey(["ml", f"model_{model.name}"])
     checks = _model_checks(key)
 
-    @dg.asset(
+    @monthly_asset(
         key=key, group_name="ml", deps=[dg.AssetDep(asset_key(TRAINING_SET))],
         check_specs=list(checks.values()),
         kinds={"lightgbm" if model.algorithm == "lightgbm" else "scikitlearn"},
         description=f"The {model.algorithm} candidate `{model.name}` trained each month on "
                     "gold.training_set (config/models.yaml); its record in ml.model_registry, "
                     "its out-of-time scores in ml.score_reference.",
-        **MONTHLY,
     )
     def model_asset(context: dg.AssetExecutionContext, warehouse: Warehouse,
                     model_store: ModelStore):
@@ -382,7 +381,7 @@ def decide(month: date, candidates: list[dict], previous: dict | None,
     }
 
 
-@dg.asset(
+@monthly_asset(
     key=CHAMPION, group_name="ml", kinds={"python"},
     # month M's gate reads month M-1's decision: one gate at a time across runs (the instance
     # gives every pool a limit of 1, config/dagster.yaml)
@@ -392,7 +391,6 @@ def decide(month: date, candidates: list[dict], previous: dict | None,
               start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
     description="The champion gate, month by month (ml.model_aliases): the best candidate "
                 "challenges the previous month's champion on this month's out-of-time data.",
-    **MONTHLY,
 )
 def champion(context: dg.AssetExecutionContext, warehouse: Warehouse,
              model_store: ModelStore) -> None:
@@ -433,10 +431,9 @@ PREDICTION_CHECKS = {
 }
 
 
-@dg.asset(
+@monthly_asset(
     **describe_table(PREDICTIONS, checks=PREDICTION_CHECKS.values()),
     deps=[dg.AssetDep(asset_key(FEATURE_STORE)), dg.AssetDep(CHAMPION)],
-    **MONTHLY,
 )
 def predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
                 model_store: ModelStore):

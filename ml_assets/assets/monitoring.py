@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ml_assets import metrics
-from ml_assets.assets.lake import MONTHLY, RESULT, compute, describe_table, publish
+from ml_assets.assets.lake import RESULT, compute, describe_table, monthly_asset, publish
 from ml_assets.assets.models import ALIAS, CHAMPION, as_dates
 from ml_assets.checks import check_outputs, evaluation, spec
 from ml_assets.metadata import markdown_table
@@ -125,15 +125,16 @@ def psi_band_check(check: dg.AssetCheckSpec, month: date, psi: float | None,
     """Stable passes; the watch band fails as a WARN, the act band as an ERROR."""
     if psi is None or psi < THRESHOLDS.psi_watch:
         return evaluation(check, month, True, metadata)
-    severity = ERROR if psi >= THRESHOLDS.psi_act else WARN
-    return evaluation(check, month, False, metadata, severity=severity)
+    acting = psi >= THRESHOLDS.psi_act
+    band, bound = ("act", THRESHOLDS.psi_act) if acting else ("watch", THRESHOLDS.psi_watch)
+    return evaluation(check, month, False, metadata, severity=ERROR if acting else WARN,
+                      description=f"score PSI {psi:.4f} in the {band} band (>= {bound})")
 
 
-@dg.asset(
+@monthly_asset(
     **describe_table(STABILITY, checks=STABILITY_CHECKS.values()),
     deps=[dg.AssetDep(asset_key(PREDICTIONS)), dg.AssetDep(asset_key(FEATURE_STORE)),
           dg.AssetDep(CHAMPION)],
-    **MONTHLY,
 )
 def stability(context: dg.AssetExecutionContext, warehouse: Warehouse):
     months = run_months(context)
@@ -185,7 +186,10 @@ def stability(context: dg.AssetExecutionContext, warehouse: Warehouse):
                 {"score_psi": score_psi, "band": frame.loc[SCORE, "band"]}))
             evaluations.append(evaluation(
                 STABILITY_CHECKS["feature_csi"], month, acting.empty,
-                {"features_in_act_band": ", ".join(acting.index) or "none"}, severity=WARN))
+                {"features_in_act_band": ", ".join(acting.index) or "none"}, severity=WARN,
+                description=None if acting.empty else
+                f"CSI >= {THRESHOLDS.psi_act}: " + ", ".join(
+                    f"{name} {value:.3f}" for name, value in acting["psi"].items())))
         rows = as_dates(pd.concat(results, ignore_index=True), "month") if results else None
         con.register("stability_rows", pa.Table.from_pandas(
             rows if rows is not None else STABILITY_SCHEMA.empty_table().to_pandas(),
@@ -214,13 +218,12 @@ PERFORMANCE_SCHEMA = pa.schema([
 ])
 
 
-@dg.asset(
+@monthly_asset(
     **describe_table(PERFORMANCE, checks=PERFORMANCE_CHECKS.values()),
     deps=[dg.AssetDep(asset_key(PREDICTIONS), partition_mapping=matured_predictions),
           dg.AssetDep(asset_key(LABEL_STORE))],
     # When a label month's labels land, its performance is measured (the daemon does this).
     automation_condition=dg.AutomationCondition.eager(),
-    **MONTHLY,
 )
 def performance(context: dg.AssetExecutionContext, warehouse: Warehouse):
     months = run_months(context)
@@ -264,15 +267,22 @@ def performance(context: dg.AssetExecutionContext, warehouse: Warehouse):
                         "n", "default_rate", "mean_score", "auc", "gini", "ks")},
                     "model_oot_auc": oot_auc.get(version)}
                 auc = summary["auc"]
+                floor_ok = auc is not None and auc >= THRESHOLDS.auc_floor
                 evaluations.append(evaluation(
-                    PERFORMANCE_CHECKS["auc_floor"], month,
-                    auc is not None and auc >= THRESHOLDS.auc_floor,
-                    {"auc": auc, "floor": THRESHOLDS.auc_floor}))
+                    PERFORMANCE_CHECKS["auc_floor"], month, floor_ok,
+                    {"auc": auc, "floor": THRESHOLDS.auc_floor},
+                    description=None if floor_ok else
+                    f"AUC of {version} {'not measurable (one class only)' if auc is None else
+                                       f'{auc:.4f} below the floor {THRESHOLDS.auc_floor}'}"))
+                drop_ok = drop is not None and drop <= THRESHOLDS.max_auc_drop
                 evaluations.append(evaluation(
-                    PERFORMANCE_CHECKS["auc_drop"], month,
-                    drop is not None and drop <= THRESHOLDS.max_auc_drop,
+                    PERFORMANCE_CHECKS["auc_drop"], month, drop_ok,
                     {"auc": auc, "model_oot_auc": oot_auc.get(version), "drop": drop,
-                     "max_drop": THRESHOLDS.max_auc_drop}))
+                     "max_drop": THRESHOLDS.max_auc_drop},
+                    description=None if drop_ok else
+                    "AUC drop not measurable (one class only)" if drop is None else
+                    f"AUC {auc:.4f} of {version} is {drop:.4f} below its OOT AUC "
+                    f"{oot_auc.get(version):.4f} (more than {THRESHOLDS.max_auc_drop})"))
         con.register("performance_rows", pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
         publish(context, warehouse, con, PERFORMANCE, "SELECT * FROM performance_rows", months,
                 per_month)
@@ -333,11 +343,10 @@ def drift_rows(snapshot, month: date, version: str) -> list[dict]:
     return rows
 
 
-@dg.asset(
+@monthly_asset(
     **describe_table(DRIFT),
     deps=[dg.AssetDep(asset_key(FEATURE_STORE)), dg.AssetDep(CHAMPION),
           dg.AssetDep(asset_key(PREDICTIONS))],
-    **MONTHLY,
 )
 def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
     months = run_months(context)
@@ -424,10 +433,9 @@ def describe_reasons(reasons: list[dict]) -> str:
                      f"({r['action']})" for r in reasons)
 
 
-@dg.asset(
+@monthly_asset(
     **describe_table(RECOMMENDATION),
     deps=[dg.AssetDep(STABILITY_KEY), dg.AssetDep(PERFORMANCE_KEY)],
-    **MONTHLY,
 )
 def recommendation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
     months = run_months(context)
@@ -466,11 +474,10 @@ def recommendation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> N
 # -- summary ---------------------------------------------------------------------------------
 
 
-@dg.asset(
+@monthly_asset(
     **describe_table(SUMMARY),
     deps=[dg.AssetDep(STABILITY_KEY), dg.AssetDep(PERFORMANCE_KEY),
           dg.AssetDep(asset_key(DRIFT)), dg.AssetDep(asset_key(RECOMMENDATION))],
-    **MONTHLY,
 )
 def summary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
     months = run_months(context)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from ml_assets.assets.lake import MONTHLY, RESULT, compute, describe_table, publish
+from ml_assets.assets.lake import RESULT, compute, describe_table, monthly_asset, publish
 from ml_assets.checks import evaluation, materialized, spec
 from ml_assets.contracts import ContractError, blocking, contracts, validate_source
 from ml_assets.metadata import markdown_table
@@ -56,7 +56,7 @@ def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
     check_specs = {name: spec(asset_key(table), name, description, blocking=stops)
                    for name, (_, stops, description) in CONTRACT_CHECKS.items()}
 
-    @dg.asset(**describe_table(table, checks=check_specs.values()), **MONTHLY)
+    @monthly_asset(**describe_table(table, checks=check_specs.values()))
     def raw_asset(context: dg.AssetExecutionContext, warehouse: Warehouse, sources: Sources):
         months = run_months(context)
         contract = contracts().get(source_name)

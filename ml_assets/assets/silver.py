@@ -14,7 +14,7 @@ from datetime import date
 import dagster as dg
 import duckdb
 
-from ml_assets.assets.lake import MONTHLY, RESULT, Upstream, compute, describe_table, publish
+from ml_assets.assets.lake import RESULT, Upstream, compute, describe_table, monthly_asset, publish
 from ml_assets.checks import evaluation, materialized, spec
 from ml_assets.contracts import ContractError
 from ml_assets.metadata import markdown_table
@@ -99,7 +99,7 @@ def build_silver_asset(table: Table, raw_table: Table) -> dg.AssetsDefinition:
                                  "quarantined (checks.max_quarantine_share)"),
     }
 
-    @dg.asset(**describe_table(table, checks=checks.values()), deps=[upstream.dep()], **MONTHLY)
+    @monthly_asset(**describe_table(table, checks=checks.values()), deps=[upstream.dep()])
     def silver_asset(context: dg.AssetExecutionContext, warehouse: Warehouse):
         months = run_months(context)
         with warehouse.connect() as con:
