@@ -268,12 +268,15 @@ def performance(context: dg.AssetExecutionContext, warehouse: Warehouse):
                     "model_oot_auc": oot_auc.get(version)}
                 auc = summary["auc"]
                 floor_ok = auc is not None and auc >= THRESHOLDS.auc_floor
+                if auc is None:
+                    floor_failure = f"AUC of {version} not measurable (one class only)"
+                else:
+                    floor_failure = (f"AUC {auc:.4f} of {version} below the floor "
+                                     f"{THRESHOLDS.auc_floor}")
                 evaluations.append(evaluation(
                     PERFORMANCE_CHECKS["auc_floor"], month, floor_ok,
                     {"auc": auc, "floor": THRESHOLDS.auc_floor},
-                    description=None if floor_ok else
-                    f"AUC of {version} {'not measurable (one class only)' if auc is None else
-                                       f'{auc:.4f} below the floor {THRESHOLDS.auc_floor}'}"))
+                    description=None if floor_ok else floor_failure))
                 drop_ok = drop is not None and drop <= THRESHOLDS.max_auc_drop
                 evaluations.append(evaluation(
                     PERFORMANCE_CHECKS["auc_drop"], month, drop_ok,
