@@ -36,6 +36,11 @@ demo: env
 test: env
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
+# make bench [SCALE=10]: the benchmark (bench/benchmark.py); results in bench/results
+SCALE ?= 1
+bench: env
+	$(BIN)/python bench/benchmark.py --scale $(SCALE)
+
 lint: env
 	$(BIN)/ruff check .
 
