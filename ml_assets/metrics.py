@@ -4,9 +4,21 @@ the champion gate and monitoring."""
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 _EPS = 1e-15
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, tied values sharing the mean of their ranks (as scipy's rankdata)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(values)] - 1
+    ranks = np.empty(len(values))
+    ranks[order] = (first[group] + last[group]) / 2 + 1
+    return ranks
 
 
 def _validated(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +37,7 @@ def auc(labels, scores) -> float | None:
     negatives = len(y) - positives
     if positives == 0 or negatives == 0:
         return None
-    ranks = rankdata(p)
+    ranks = average_ranks(p)
     return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 

@@ -4,6 +4,7 @@ Artifacts are native and non-executable, never pickles: LightGBM's model text pl
 sidecar, or the logistic model's coefficients and preprocessing as JSON. The categorical
 encoding is fixed by the training window (its levels are saved with the model) and never
 refitted when a later month is scored: an unseen level scores as missing.
+LightGBM and scikit-learn load when a model is trained or read, not with the code location.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from ml_assets.model_config import FeatureList, ModelSpec
 
@@ -85,7 +84,7 @@ class Model(ABC):
 class LightGBMModel(Model):
     algorithm = "lightgbm"
 
-    def __init__(self, booster: lgb.Booster, features: FeatureList, levels: dict[str, list[str]]):
+    def __init__(self, booster, features: FeatureList, levels: dict[str, list[str]]):
         self.booster, self.features, self.levels = booster, features, levels
 
     def matrix(self, frame: pd.DataFrame) -> np.ndarray:
@@ -106,6 +105,8 @@ class LightGBMModel(Model):
     @classmethod
     def train(cls, spec: ModelSpec, features: FeatureList, train: pd.DataFrame,
               test: pd.DataFrame, seed: int) -> LightGBMModel:
+        import lightgbm as lgb
+
         levels = category_levels(train, features.categorical)
         model = cls(None, features, levels)
         categorical = list(range(len(features.numeric), len(features.names)))
@@ -197,6 +198,8 @@ class LogisticModel(Model):
                              "missing_flag": bool(np.isnan(column).any())}
         preprocessing = {"numeric": numeric,
                          "levels": category_levels(train, features.categorical)}
+        from sklearn.linear_model import LogisticRegression
+
         model = cls(features, preprocessing, [], 0.0)
         fitted = LogisticRegression(random_state=seed, **spec.params).fit(
             model.design(train), train["label"].to_numpy())
@@ -220,6 +223,8 @@ def load_model(folder: Path) -> Model:
     features = FeatureList(tuple(sidecar["features"]["numeric"]),
                            tuple(sidecar["features"]["categorical"]))
     if sidecar["algorithm"] == LightGBMModel.algorithm:
+        import lightgbm as lgb
+
         booster = lgb.Booster(model_str=(folder / LIGHTGBM_TEXT).read_text())
         return LightGBMModel(booster, features, sidecar["levels"])
     if sidecar["algorithm"] == LogisticModel.algorithm:

@@ -149,6 +149,10 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
         raise SourceError("\n".join(problems) + "\nnothing was run; published months are "
                           "unchanged")
     ensure_dagster_home()
+    if dg.AssetKey(["monitoring", "drift"]) in keys and settings().monitoring.drift_report:
+        from ml_assets.assets.monitoring import preload_evidently
+
+        preload_evidently()
     job = defs.resolve_job_def(monthly_pipeline.name)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(

@@ -43,3 +43,11 @@ def test_ks_by_hand():
 def test_log_loss_and_brier_by_hand():
     assert metrics.log_loss([1, 0], [0.8, 0.2]) == pytest.approx(-math.log(0.8))
     assert metrics.brier([1, 0], [0.8, 0.4]) == pytest.approx((0.04 + 0.16) / 2)
+
+
+def test_average_ranks_match_scipy():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.random(500), 2)
+    assert np.array_equal(metrics.average_ranks(values), rankdata(values))

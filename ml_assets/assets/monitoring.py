@@ -7,6 +7,7 @@ training set the champion was trained on (features) and ml.score_reference (scor
 
 import json
 import os
+import threading
 import warnings
 from datetime import date
 
@@ -305,6 +306,19 @@ DRIFT_SCHEMA = pa.schema([
 
 def report_path(warehouse: Warehouse, month: date):
     return warehouse.root / "reports" / "drift" / f"{folder_label(month)}.html"
+
+
+def preload_evidently() -> threading.Thread:
+    """Import evidently in a background thread (it takes seconds): `vintage run` starts this
+    when the run includes the drift report, so the import overlaps the steps before it, which
+    spend most of their time in DuckDB and LightGBM with the interpreter lock released."""
+    def load():
+        from evidently import DataDefinition, Dataset, Report  # noqa: F401
+        from evidently.metrics import DriftedColumnsCount, ValueDrift  # noqa: F401
+
+    thread = threading.Thread(target=load, name="preload-evidently", daemon=True)
+    thread.start()
+    return thread
 
 
 def evidently_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str],
