@@ -34,7 +34,7 @@ demo: env
 	$(BIN)/vintage demo
 
 test: env
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # make bench [SCALE=10]: the benchmark (bench/benchmark.py); results in bench/results
 SCALE ?= 1
