@@ -20,13 +20,14 @@ RUN pip install --no-cache-dir uv==0.13.9 \
 WORKDIR /opt/vintage
 # Dependencies first, from the lock file, so code changes reuse this layer.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project
+RUN uv sync --frozen --no-dev --extra postgres --no-install-project
 COPY ml_assets ./ml_assets
 COPY resources ./resources
 COPY sql ./sql
 COPY config ./config
+COPY docker ./docker
 COPY workspace.yaml ./
-RUN uv sync --frozen --no-dev
+RUN uv sync --frozen --no-dev --extra postgres
 
 USER vintage
 # Relative paths of config/vintage.yaml (the demo folder) resolve inside the volume.

@@ -176,7 +176,8 @@ EVENTS = """
 query ($runId: ID!) {
   logsForRun(runId: $runId) {
     ... on EventConnection { events { __typename ... on MessageEvent { message }
-      ... on ExecutionStepFailureEvent { error { message cause { message } } } ... on RunFailureEvent { message } } }
+      ... on ExecutionStepFailureEvent { error { message cause { message } } }
+      ... on RunFailureEvent { message } } }
   }
 }"""
 
