@@ -36,10 +36,12 @@ demo: env
 test: env
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
-# make bench [SCALE=10]: the benchmark (bench/benchmark.py); results in bench/results
+# make bench [SCALE=10] [BENCH_ARGS="--max-training-rows 200000"]: the benchmark
+# (bench/benchmark.py); results in bench/results
 SCALE ?= 1
+BENCH_ARGS ?=
 bench: env
-	$(BIN)/python bench/benchmark.py --scale $(SCALE)
+	$(BIN)/python bench/benchmark.py --scale $(SCALE) $(BENCH_ARGS)
 
 lint: env
 	$(BIN)/ruff check .
