@@ -94,14 +94,6 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def default_memory_limit() -> str:
-    """An eighth of the machine's memory: two runs at once (the run queue's limit), each with
-    the Python frames it trains and scores on, stay well within half of it. DuckDB spills the
-    rest of a large join or sort to the lake's `_tmp` folder."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return f"{max(total // 8 // 2**20, 256)}MB"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -177,10 +169,11 @@ class Warehouse(dg.ConfigurableResource):
                 shutil.rmtree(leftover, ignore_errors=True)
         spill = spill_root / str(os.getpid())
         spill.mkdir(exist_ok=True)
-        config = {"temp_directory": str(spill),
-                  "memory_limit": self.memory_limit or default_memory_limit()}
+        config = {"temp_directory": str(spill)}
         if self.threads:
             config["threads"] = self.threads
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
         con = duckdb.connect(config=config)
         con.execute("SET enable_progress_bar = false")
         con.execute(sql_text("macros"))
