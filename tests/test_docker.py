@@ -125,7 +125,8 @@ def test_the_images_commands_build_an_environment_that_loads_the_code_location(t
     env.pop("VIRTUAL_ENV", None)
     for op, args in dockerfile_instructions():
         if op == "RUN" and args.startswith("uv sync"):
-            done = subprocess.run(args.split(), cwd=app, env=env, capture_output=True, text=True,
+            command = [uv(), *args.split()[1:]]  # the image's uv is on PATH; ours may not be
+            done = subprocess.run(command, cwd=app, env=env, capture_output=True, text=True,
                                   timeout=900)
             assert done.returncode == 0, done.stderr
     (tmp_path / "home").mkdir()
