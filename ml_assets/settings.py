@@ -84,6 +84,7 @@ class Settings:
     monitoring: MonitoringSettings
     duckdb_threads: int | None
     duckdb_memory_limit: str | None
+    batch_rows: int
 
     @property
     def source_folder(self) -> Path:
@@ -174,6 +175,8 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
         monitoring=_monitoring(raw.get("monitoring", {})),
         duckdb_threads=duck.get("threads"),
         duckdb_memory_limit=duck.get("memory_limit"),
+        batch_rows=_positive_int(duck.get("max_rows_per_batch", 3_000_000),
+                                 "duckdb.max_rows_per_batch"),
     )
     if settings.first_month and settings.last_month and settings.first_month > settings.last_month:
         raise SettingsError("months.first is after months.last")

@@ -17,7 +17,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -110,6 +111,43 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Publication:
+    """Months of one table staged so far, published together by `Warehouse.publication`."""
+
+    def __init__(self, warehouse: Warehouse, table: Table, part: str, staging: Path):
+        self.warehouse, self.table, self.part, self.staging = warehouse, table, part, staging
+        self.staged: dict[date, Path] = {}
+        self.counts: dict[date, int] = {}
+
+    def stage(self, con: duckdb.DuckDBPyConnection, relation_sql: str, months: Iterable[date]
+              ) -> dict[date, int]:
+        """Write `relation_sql`'s rows for `months` into staging (see `Warehouse.publish`);
+        returns their row counts."""
+        months = sorted(set(months))
+        again = sorted(set(months) & set(self.staged))
+        if again:
+            raise WarehouseError(f"{self.table.qualified_name}: month "
+                                 f"{folder_label(again[0])} staged twice")
+        batch = self.warehouse._stage(con, self.table, relation_sql, months,
+                                      self.staging / f"batch-{len(self.staged)}-{months[0]}")
+        self.staged.update(batch)
+        counts = {month: pq.read_metadata(batch[month]).num_rows for month in months}
+        self.counts.update(counts)
+        return counts
+
+    def commit(self) -> None:
+        if not self.staged:
+            return
+        for month, staged_file in sorted(self.staged.items()):
+            target = self.warehouse.month_file(self.table, month, self.part)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged_file, target)
+            _fsync(target.parent)
+            _io_counts.rows_out += pq.read_metadata(target).num_rows
+        self.warehouse._refresh_view_if_changed(
+            self.table, self.warehouse.month_file(self.table, max(self.staged), self.part))
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -225,22 +263,24 @@ class Warehouse(dg.ConfigurableResource):
         `part` names the month's file: writers that share a table (one model each in the
         registry) each replace only their own part. Returns the row count per month.
         """
-        months = sorted(set(months))
+        with self.publication(table, part) as publication:
+            counts = publication.stage(con, relation_sql, months)
+        return counts
+
+    @contextmanager
+    def publication(self, table: Table, part: str = DEFAULT_PART) -> Iterator[Publication]:
+        """Stage `table`'s months batch by batch (`Publication.stage`, one DuckDB connection per
+        batch if need be) and publish them all when the block ends without an error; on an
+        error nothing is published and the staged files are removed."""
+        if not _PART.match(part):
+            raise WarehouseError(f"invalid part name {part!r}")
         staging = self._new_staging_dir(table)
+        publication = Publication(self, table, part, staging)
         try:
-            staged = self._stage(con, table, relation_sql, months, staging)
-            for month, staged_file in staged.items():
-                target = self.month_file(table, month, part)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged_file, target)
-                _fsync(target.parent)
+            yield publication
+            publication.commit()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._refresh_view_if_changed(table, self.month_file(table, months[-1], part))
-        counts = {month: pq.read_metadata(self.month_file(table, month, part)).num_rows
-                  for month in months}
-        _io_counts.rows_out += sum(counts.values())
-        return counts
 
     def _new_staging_dir(self, table: Table) -> Path:
         base = self.table_dir(table) / _STAGING
@@ -256,6 +296,7 @@ class Warehouse(dg.ConfigurableResource):
     def _stage(
         self, con, table: Table, relation_sql: str, months: list[date], staging: Path
     ) -> dict[date, Path]:
+        staging.mkdir()
         written = staging / "written"
         order = ", ".join(table.key)
         con.execute(

@@ -8,6 +8,7 @@ from ml_assets.assets.lake import (
     Upstream,
     compute,
     describe_table,
+    month_batches,
     monthly_asset,
     publish,
     read_upstreams,
@@ -49,18 +50,22 @@ APPLICATION_DATA = spec(asset_key(FEATURE_STORE), "application_data_found",
 def label_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
     label = settings().label
     months = run_months(context)
-    with warehouse.connect() as con:
-        read_upstreams(con, warehouse, LABEL_INPUTS, months)
-        compute(con, "gold/label_store",
-                {"label_dpd": label.dpd, "label_mob": label.mob, "label_def": label.name})
-        rates = {row[0]: row[1:] for row in con.execute(
-            f"SELECT date_trunc('month', snapshot_date)::DATE, avg(label), count(*) FROM {RESULT} "
-            "GROUP BY ALL").fetchall()}
-        per_month = {m: {"label_def": label.name,
-                         "label_rate": float(rates[m][0]) if m in rates else None}
-                     for m in months}
-        evaluations = publish(context, warehouse, con, LABEL_STORE, f"SELECT * FROM {RESULT}",
-                              months, per_month)
+    evaluations, rates = [], {}
+    with warehouse.publication(LABEL_STORE) as publication:
+        for batch in month_batches(warehouse, LABEL_INPUTS, months):
+            with warehouse.connect() as con:
+                read_upstreams(con, warehouse, LABEL_INPUTS, batch)
+                compute(con, "gold/label_store",
+                        {"label_dpd": label.dpd, "label_mob": label.mob,
+                         "label_def": label.name})
+                rates.update({row[0]: row[1:] for row in con.execute(
+                    f"SELECT date_trunc('month', snapshot_date)::DATE, avg(label), count(*) "
+                    f"FROM {RESULT} GROUP BY ALL").fetchall()})
+                per_month = {m: {"label_def": label.name,
+                                 "label_rate": float(rates[m][0]) if m in rates else None}
+                             for m in batch}
+                evaluations += publish(context, warehouse, con, LABEL_STORE,
+                                       f"SELECT * FROM {RESULT}", batch, per_month, publication)
     for month in months:
         rate, loans = rates.get(month, (None, 0))
         evaluations.append(evaluation(
@@ -74,8 +79,22 @@ def label_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
 @monthly_asset(**describe_table(FEATURE_STORE, checks=[NO_FUTURE_FEATURES, APPLICATION_DATA]),
           deps=[u.dep() for u in FEATURE_INPUTS])
 def feature_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
-    lookback = settings().clickstream_lookback_months
-    months = run_months(context)
+    evaluations = []
+    with warehouse.publication(FEATURE_STORE) as publication:
+        for batch in month_batches(warehouse, FEATURE_INPUTS, run_months(context)):
+            batch_evaluations, leaking = feature_months(context, warehouse, batch, publication)
+            evaluations += batch_evaluations
+            if leaking:  # a point-in-time violation is never published
+                yield from evaluations
+                raise RuntimeError(f"gold.feature_store: features dated after the application "
+                                   f"month in {', '.join(map(str, leaking))}; nothing published")
+    yield from materialized(context, evaluations)
+
+
+def feature_months(context: dg.AssetExecutionContext, warehouse: Warehouse, months: list,
+                   publication) -> tuple[list, list]:
+    """Compute and stage one group of the run's months: the check evaluations, and the months
+    with features dated after their application month (then nothing is staged)."""
     with warehouse.connect() as con:
         read_upstreams(con, warehouse, FEATURE_INPUTS, months)
         con.register("clickstream_window", window_pairs(clickstream_window, months))
@@ -95,12 +114,11 @@ def feature_store(context: dg.AssetExecutionContext, warehouse: Warehouse):
                 APPLICATION_DATA, month, share <= BOUNDS.max_loans_without_application_data,
                 {"loans": loans, "without_attributes_or_financials": incomplete, "share": share}))
         leaking = [m for m in months if figures.get(m, (0, 0, 0, 0))[2]]
-        if leaking:  # a point-in-time violation is never published
-            yield from evaluations
-            raise RuntimeError(f"gold.feature_store: features dated after the application month "
-                               f"in {', '.join(map(str, leaking))}; nothing published")
+        if leaking:
+            return evaluations, leaking
         per_month = {m: {"loans_with_clickstream": int(figures.get(m, (0, 0))[1]),
-                         "clickstream_lookback_months": lookback} for m in months}
+                         "clickstream_lookback_months": settings().clickstream_lookback_months}
+                     for m in months}
         evaluations += publish(context, warehouse, con, FEATURE_STORE, f"SELECT * FROM {RESULT}",
-                               months, per_month)
-    yield from materialized(context, evaluations)
+                               months, per_month, publication)
+    return evaluations, []

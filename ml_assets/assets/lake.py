@@ -13,8 +13,9 @@ from ml_assets.measure import measured
 from ml_assets.metadata import column_schema, preview
 from ml_assets.months import add_months, partition_key
 from ml_assets.partitions import monthly_partitions, upstream_months
+from ml_assets.settings import settings
 from ml_assets.tables import asset_key
-from resources.warehouse import Table, Warehouse, sql_text
+from resources.warehouse import Publication, Table, Warehouse, sql_text
 
 RESULT = "result"
 
@@ -52,6 +53,36 @@ def read_upstreams(
         )
 
 
+def month_batches(warehouse: Warehouse, upstreams: Iterable[Upstream], months: Iterable[date]
+                  ) -> list[list[date]]:
+    """The run's months in consecutive groups whose upstream rows (from the Parquet footers)
+    stay within `duckdb.max_rows_per_batch`: a long range at a large scale is computed a group
+    at a time in bounded memory, and in one group when it fits (every demo range does)."""
+    limit = settings().batch_rows
+    rows_of: dict[tuple[str, date], int] = {}
+
+    def rows(month: date) -> int:
+        total = 0
+        for upstream in upstreams:
+            for read in upstream_months(upstream.mapping, [month]):
+                key = (upstream.table.qualified_name, read)
+                if key not in rows_of:
+                    rows_of[key] = warehouse.month_rows(upstream.table, read)
+                total += rows_of[key]
+        return total
+
+    batches: list[list[date]] = []
+    size = 0
+    for month in sorted(set(months)):
+        month_size = rows(month)
+        if not batches or size + month_size > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(month)
+        size += month_size
+    return batches
+
+
 def compute(con: duckdb.DuckDBPyConnection, sql_name: str, params: Mapping | None = None) -> None:
     """Run the transform `sql/<sql_name>.sql` once into the temporary table `result`."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {sql_text(sql_name)}", params or {})
@@ -65,13 +96,16 @@ def publish(
     query: str,
     months: Iterable[date],
     per_month: Mapping[date, Mapping[str, object]] | None = None,
+    publication: Publication | None = None,
 ) -> list:
-    """Publish `query`'s rows as `table`'s months, record each month's metadata on the asset's
+    """Publish `query`'s rows as `table`'s months (or stage them in `publication`, published
+    with the rest of the run's groups of months), record each month's metadata on the asset's
     materialisation of that month (use for the asset's own table only), and return the
     evaluations of the table's checks (see `checks.table_check_specs`) to yield."""
     months = sorted(set(months))
     evaluations = evaluate_table_checks(con, table, query, months)
-    counts = warehouse.publish(con, table, query, months)
+    counts = (publication.stage(con, query, months) if publication
+              else warehouse.publish(con, table, query, months))
     schema = column_schema(con, query)
     for month, rows in counts.items():
         # a range on the month column, which DuckDB can prune on, rather than a function of it

@@ -23,6 +23,7 @@ from ml_assets.assets.lake import (
     Upstream,
     compute,
     describe_table,
+    month_batches,
     monthly_asset,
     publish,
     read_upstreams,
@@ -110,7 +111,16 @@ def publish_rows(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, table, ro
 
 @monthly_asset(**describe_table(TRAINING_SET), deps=[u.dep() for u in TRAINING_INPUTS])
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
-    months = run_months(context)
+    evaluations = []
+    with warehouse.publication(TRAINING_SET) as publication:
+        for batch in month_batches(warehouse, TRAINING_INPUTS, run_months(context)):
+            evaluations += training_months(context, warehouse, batch, publication)
+    yield from materialized(context, evaluations)
+
+
+def training_months(context: dg.AssetExecutionContext, warehouse: Warehouse, months: list[date],
+                    publication) -> list:
+    """Build and stage one group of the run's training months; their check evaluations."""
     with warehouse.connect() as con:
         read_upstreams(con, warehouse, TRAINING_INPUTS, months)
         con.register("training_window", window_pairs(LABEL_WINDOW, months))
@@ -138,9 +148,8 @@ def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
                 **({"rows_train": n_train, "rows_test": n_test, "rows_oot": n_oot,
                     "label_rate": float(rate)} if enough else {}),
             }
-        evaluations = publish(context, warehouse, con, TRAINING_SET, "SELECT * FROM eligible",
-                              months, per_month)
-    yield from materialized(context, evaluations)
+        return publish(context, warehouse, con, TRAINING_SET, "SELECT * FROM eligible", months,
+                       per_month, publication)
 
 
 def as_dates(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:

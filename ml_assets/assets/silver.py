@@ -14,7 +14,15 @@ from datetime import date
 import dagster as dg
 import duckdb
 
-from ml_assets.assets.lake import RESULT, Upstream, compute, describe_table, monthly_asset, publish
+from ml_assets.assets.lake import (
+    RESULT,
+    Upstream,
+    compute,
+    describe_table,
+    month_batches,
+    monthly_asset,
+    publish,
+)
 from ml_assets.checks import evaluation, materialized, spec
 from ml_assets.contracts import ContractError
 from ml_assets.metadata import markdown_table
@@ -33,7 +41,7 @@ from ml_assets.tables import (
     asset_key,
     quarantine_of,
 )
-from resources.warehouse import Table, Warehouse, sql_text
+from resources.warehouse import Publication, Table, Warehouse, sql_text
 
 _CLEANING_STRUCT = re.compile(r"^(num|int|cat|parsed)__([A-Za-z0-9_]+)$")
 _FIELD = re.compile(r"^[a-z_]+$")
@@ -99,9 +107,10 @@ def build_silver_asset(table: Table, raw_table: Table) -> dg.AssetsDefinition:
                                  "quarantined (checks.max_quarantine_share)"),
     }
 
-    @monthly_asset(**describe_table(table, checks=checks.values()), deps=[upstream.dep()])
-    def silver_asset(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        months = run_months(context)
+    def clean_months(context: dg.AssetExecutionContext, warehouse: Warehouse, months: list[date],
+                     kept: Publication, rejected: Publication) -> tuple[list, dict]:
+        """Clean one group of the run's months and stage them: the table's check evaluations
+        and, per month, the figures of its materialisation."""
         with warehouse.connect() as con:
             warehouse.register_input(con, "raw_rows", raw_table, months)
             rows_in = dict(con.execute("SELECT _snapshot_month, count(*) FROM raw_rows "
@@ -119,7 +128,7 @@ def build_silver_asset(table: Table, raw_table: Table) -> dg.AssetsDefinition:
             rules = rule_counts(con)
             distinct = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {upstream.view} "
                                         "GROUP BY ALL").fetchall())
-            quarantined = warehouse.publish(con, quarantine, REJECTED_ROWS, months)
+            quarantined = rejected.stage(con, REJECTED_ROWS, months)
             per_month = {month: {
                 "rows_in": int(rows_in.get(month, 0)),
                 "duplicate_rows_dropped": int(rows_in.get(month, 0) - distinct.get(month, 0)),
@@ -127,21 +136,33 @@ def build_silver_asset(table: Table, raw_table: Table) -> dg.AssetsDefinition:
                 "quarantine_table": quarantine.qualified_name,
                 **_rules_metadata(rules.get(month, {})),
             } for month in months}
-            evaluations = publish(context, warehouse, con, table, KEPT_ROWS, months, per_month)
-            for month in months:
-                raw_rows = per_month[month]["rows_in"]
-                duplicates = per_month[month]["duplicate_rows_dropped"]
-                published = warehouse.month_rows(table, month)
-                share = quarantined[month] / raw_rows if raw_rows else 0.0
-                evaluations.append(evaluation(
-                    checks["rows_reconciled"], month,
-                    raw_rows == published + quarantined[month] + duplicates,
-                    {"rows_in": raw_rows, "rows_out": published,
-                     "quarantined": quarantined[month], "duplicates_dropped": duplicates}))
-                evaluations.append(evaluation(
-                    checks["quarantine_share"], month, share <= MAX_QUARANTINE_SHARE,
-                    {"quarantined": quarantined[month], "share": share,
-                     "max_share": MAX_QUARANTINE_SHARE}))
+            evaluations = publish(context, warehouse, con, table, KEPT_ROWS, months, per_month,
+                                  kept)
+        return evaluations, per_month
+
+    @monthly_asset(**describe_table(table, checks=checks.values()), deps=[upstream.dep()])
+    def silver_asset(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        months = run_months(context)
+        evaluations, figures = [], {}
+        with warehouse.publication(table) as kept, warehouse.publication(quarantine) as rejected:
+            for batch in month_batches(warehouse, [upstream], months):
+                batch_evaluations, batch_figures = clean_months(context, warehouse, batch, kept,
+                                                                rejected)
+                evaluations += batch_evaluations
+                figures.update(batch_figures)
+        for month in months:
+            raw_rows, duplicates, quarantined, published = (
+                figures[month]["rows_in"], figures[month]["duplicate_rows_dropped"],
+                figures[month]["rows_quarantined"], kept.counts[month])
+            share = quarantined / raw_rows if raw_rows else 0.0
+            evaluations.append(evaluation(
+                checks["rows_reconciled"], month,
+                raw_rows == published + quarantined + duplicates,
+                {"rows_in": raw_rows, "rows_out": published, "quarantined": quarantined,
+                 "duplicates_dropped": duplicates}))
+            evaluations.append(evaluation(
+                checks["quarantine_share"], month, share <= MAX_QUARANTINE_SHARE,
+                {"quarantined": quarantined, "share": share, "max_share": MAX_QUARANTINE_SHARE}))
         yield from materialized(context, evaluations)
 
     return silver_asset
