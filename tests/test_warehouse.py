@@ -56,6 +56,26 @@ def test_republishing_a_month_replaces_it_exactly(warehouse):
     assert catalog_rows(warehouse) == [(2, FEB, "b"), (3, JAN, "c"), (4, JAN, "d")]
 
 
+def test_a_publication_in_groups_publishes_all_months_at_the_end_or_none(warehouse):
+    con = warehouse.connect()
+    warehouse.publish(con, TABLE, rows_query(con, [(1, JAN, "old")]), [JAN])
+    with warehouse.publication(TABLE) as publication:
+        assert publication.stage(con, rows_query(con, [(1, JAN, "a")]), [JAN]) == {JAN: 1}
+        assert catalog_rows(warehouse) == [(1, JAN, "old")]  # staged, not yet published
+        publication.stage(con, rows_query(con, [(2, FEB, "b"), (3, FEB, "c")]), [FEB])
+        with pytest.raises(WarehouseError, match="staged twice"):
+            publication.stage(con, rows_query(con, [(4, FEB, "d")]), [FEB])
+    assert publication.counts == {JAN: 1, FEB: 2}
+    assert catalog_rows(warehouse) == [(1, JAN, "a"), (2, FEB, "b"), (3, FEB, "c")]
+
+    with (pytest.raises(RuntimeError, match="second group failed"),
+          warehouse.publication(TABLE) as publication):
+        publication.stage(con, rows_query(con, [(9, JAN, "new")]), [JAN])
+        raise RuntimeError("second group failed")
+    assert catalog_rows(warehouse) == [(1, JAN, "a"), (2, FEB, "b"), (3, FEB, "c")]
+    assert not any((warehouse.table_dir(TABLE) / ".staging").iterdir())
+
+
 def test_rows_outside_the_months_publish_nothing(warehouse):
     con = warehouse.connect()
     warehouse.publish(con, TABLE, rows_query(con, [(1, JAN, "a")]), [JAN])
