@@ -2,7 +2,7 @@
 
     python bench/benchmark.py [--scale 1] [--seed 42] [--out bench/results]
                               [--phases whole_graph,new_month,raw_to_gold]
-                              [--max-training-rows N]
+                              [--max-training-rows N] [--duckdb-memory-limit SIZE]
 
 Phases, each a real `vintage` process (peak memory: the largest of its steps' peak RSS):
   whole graph   every month, raw to monitoring, from an empty warehouse
@@ -12,7 +12,8 @@ Phases, each a real `vintage` process (peak memory: the largest of its steps' pe
   raw to gold   raw, silver, label and feature stores from an empty warehouse, against
   baseline      the same raw-to-gold SQL as one hand-written DuckDB script (bench/baseline.py)
 --max-training-rows N runs with config/models.yaml's `training.max_training_rows` set to N (the
-seeded loan-level sample of each training split, for windows that outgrow memory).
+seeded loan-level sample of each training split, for windows that outgrow memory);
+--duckdb-memory-limit SIZE with config/vintage.yaml's `duckdb.memory_limit` set to SIZE.
 Reports a table and a JSON file in --out: wall time per phase, stage and asset, rows per second
 and peak memory per asset (from each materialisation's metadata), and the targets.
 """
@@ -108,22 +109,27 @@ def last_month(data: Path) -> str:
 PHASES = ("whole_graph", "new_month", "raw_to_gold")
 
 
-def models_config(work: Path, max_training_rows: int | None) -> dict:
-    """The environment for `vintage run`: config/models.yaml, or a copy with the training
-    sample size set."""
-    if max_training_rows is None:
-        return {}
+def configured(work: Path, max_training_rows: int | None, memory_limit: str | None) -> dict:
+    """The environment for `vintage run`: the repository's configuration, or copies of it with
+    the training sample size or DuckDB's memory limit set."""
     import yaml
 
-    config = yaml.safe_load((ROOT / "config" / "models.yaml").read_text())
-    config["training"]["max_training_rows"] = max_training_rows
-    path = work / "models.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return {"VINTAGE_MODELS": str(path)}
+    env = {}
+    if max_training_rows is not None:
+        config = yaml.safe_load((ROOT / "config" / "models.yaml").read_text())
+        config["training"]["max_training_rows"] = max_training_rows
+        (work / "models.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        env["VINTAGE_MODELS"] = str(work / "models.yaml")
+    if memory_limit is not None:
+        config = yaml.safe_load((ROOT / "config" / "vintage.yaml").read_text())
+        config.setdefault("duckdb", {})["memory_limit"] = memory_limit
+        (work / "vintage.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        env["VINTAGE_CONFIG"] = str(work / "vintage.yaml")
+    return env
 
 
 def benchmark(scale: float, seed: int, out: Path, phases: tuple[str, ...] = PHASES,
-              max_training_rows: int | None = None) -> dict:
+              max_training_rows: int | None = None, memory_limit: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"data-{scale:g}x-seed{seed}"
     report: dict = {"scale": scale, "seed": seed, "machine": {
@@ -138,8 +144,9 @@ def benchmark(scale: float, seed: int, out: Path, phases: tuple[str, ...] = PHAS
     home = work / "dagster_home"
     home.mkdir(parents=True)
     shutil.copy(ROOT / "config" / "dagster.yaml", home / "dagster.yaml")
-    env = {"DAGSTER_HOME": str(home), **models_config(work, max_training_rows)}
+    env = {"DAGSTER_HOME": str(home), **configured(work, max_training_rows, memory_limit)}
     report["max_training_rows"] = max_training_rows
+    report["duckdb_memory_limit"] = memory_limit
     keep = ("seconds", "peak_mb", "stages")
 
     if "whole_graph" in phases or "new_month" in phases:
@@ -187,6 +194,8 @@ def check_targets(report: dict) -> list[dict]:
 def markdown(report: dict) -> str:
     sample = (f", training sample {report['max_training_rows']:,} loans"
               if report.get("max_training_rows") else "")
+    if report.get("duckdb_memory_limit"):
+        sample += f", DuckDB memory limit {report['duckdb_memory_limit']}"
     lines = [f"## Benchmark at {report['scale']:g}x (seed {report['seed']}, "
              f"{report['machine']['cpus']} cores{sample})", "",
              "| phase | wall s | peak MB |", "|---|---|---|"]
@@ -226,11 +235,13 @@ def main() -> None:
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated, of {', '.join(PHASES)}")
     parser.add_argument("--max-training-rows", type=int, default=None)
+    parser.add_argument("--duckdb-memory-limit", default=None, help='e.g. "3GB"')
     args = parser.parse_args()
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     if unknown := set(phases) - set(PHASES):
         parser.error(f"unknown phase {', '.join(sorted(unknown))}")
-    report = benchmark(args.scale, args.seed, args.out, phases, args.max_training_rows)
+    report = benchmark(args.scale, args.seed, args.out, phases, args.max_training_rows,
+                       args.duckdb_memory_limit)
     stem = args.out / f"bench-{args.scale:g}x"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     text = markdown(report)
