@@ -280,7 +280,7 @@ def test_a_run_killed_mid_write_leaves_every_month_whole(demo_sized):
          *months], env={**os.environ, "DAGSTER_HOME": str(base / "home")},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not list(published.glob("*/*/.staging/*/written/*/*.parquet")):
+    while not list(published.glob("*/*/.staging/*/*/written/*/*.parquet")):
         assert process.poll() is None and time.monotonic() < deadline, "the run never wrote"
         time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)
