@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ml_assets.assets.gold import feature_store, label_store
+from ml_assets.assets.gold import feature_store, label_store, source_coverage
 from ml_assets.assets.models import champion, model_assets, predictions, training_set
 from ml_assets.assets.monitoring import (
     drift_report,
@@ -43,8 +43,9 @@ def build_resources(config: Settings) -> dict:
     }
 
 
-ASSETS = [*raw_assets, *silver_assets, label_store, feature_store, training_set, *model_assets,
-          champion, predictions, stability, performance, drift_report, recommendation, summary]
+ASSETS = [*raw_assets, *silver_assets, label_store, feature_store, source_coverage, training_set,
+          *model_assets, champion, predictions, stability, performance, drift_report,
+          recommendation, summary]
 
 
 # Dagster's own check that a table's columns did not change between materialisations, from the

@@ -12,8 +12,9 @@ monthly_pipeline = dg.define_asset_job(
 groups, keys = dg.AssetSelection.groups, dg.AssetSelection.assets
 STAGES = {
     "ingest": (groups("raw", "silver"), "The sources to raw and silver"),
-    "stores": (keys(["gold", "label_store"], ["gold", "feature_store"]),
-               "The label and feature stores"),
+    "stores": (keys(["gold", "label_store"], ["gold", "feature_store"],
+                    ["gold", "source_coverage"]),
+               "The label and feature stores, and the coverage of the feature sources"),
     "training": (keys(["gold", "training_set"]) | groups("ml"),
                  "Training sets, candidate models and the champion gate"),
     "scoring": (keys(["gold", "predictions"]), "Predictions by the champion of the month"),

@@ -52,6 +52,9 @@ def _window(start_offset: int, end_offset: int) -> dg.TimeWindowPartitionMapping
 # The time rules, as partition mappings; every window the transforms use comes from these.
 # Point in time: a feature of application month S reads clickstream of S and the months before it.
 clickstream_window = _window(-(settings().clickstream_lookback_months - 1), 0)
+# Source coverage of month M is judged against the months before it: its trailing level.
+coverage_trailing = _window(-settings().coverage.trailing_months, -1)
+coverage_history = _window(-settings().coverage.trailing_months, 0)
 
 
 def training_windows(window_months: int, mob: int) -> tuple[dg.TimeWindowPartitionMapping, ...]:

@@ -59,6 +59,18 @@ class CheckSettings:
     max_loans_without_application_data: float
 
 
+COVERED_SOURCES = ("features_attributes", "features_financials", "feature_clickstream")
+COVERAGE_ON_FAILURE = ("flag", "block")
+
+
+@dataclass(frozen=True)
+class CoverageSettings:
+    trailing_months: int
+    max_relative_drop: float
+    floors: dict[str, float]  # source name -> the lowest coverage that is not an outage
+    on_failure: str  # flag | block
+
+
 @dataclass(frozen=True)
 class MonitoringSettings:
     psi_watch: float
@@ -66,6 +78,8 @@ class MonitoringSettings:
     psi_floor: float
     auc_floor: float
     max_auc_drop: float
+    outage_missing_increase: float
+    min_loans: int
     drift_report: bool
     drift_report_features: int | None
 
@@ -81,6 +95,7 @@ class Settings:
     label: LabelDefinition
     clickstream_lookback_months: int
     checks: CheckSettings
+    coverage: CoverageSettings
     monitoring: MonitoringSettings
     duckdb_threads: int | None
     duckdb_memory_limit: str | None
@@ -119,6 +134,36 @@ def _checks(raw: dict) -> CheckSettings:
     return values
 
 
+def _share(value, key: str) -> float:
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise SettingsError(f"{key}: expected a share between 0 and 1, got {value!r}")
+    return share
+
+
+def _coverage(raw: dict) -> CoverageSettings:
+    floors = {**dict.fromkeys(COVERED_SOURCES, 0.0), **(raw.get("floors") or {})}
+    unknown = sorted(set(floors) - set(COVERED_SOURCES))
+    if unknown:
+        raise SettingsError(f"coverage.floors: unknown source {unknown[0]!r}; sources are "
+                            f"{', '.join(COVERED_SOURCES)}")
+    on_failure = raw.get("on_failure", "flag")
+    if on_failure not in COVERAGE_ON_FAILURE:
+        raise SettingsError(f"coverage.on_failure: one of {', '.join(COVERAGE_ON_FAILURE)}, "
+                            f"got {on_failure!r}")
+    return CoverageSettings(
+        trailing_months=_positive_int(raw.get("trailing_months", 6), "coverage.trailing_months"),
+        max_relative_drop=_share(raw.get("max_relative_drop", 0.25),
+                                 "coverage.max_relative_drop"),
+        floors={source: _share(floor, f"coverage.floors.{source}")
+                for source, floor in floors.items()},
+        on_failure=on_failure,
+    )
+
+
 def _monitoring(raw: dict) -> MonitoringSettings:
     values = MonitoringSettings(
         psi_watch=float(raw.get("psi_watch", 0.1)),
@@ -126,6 +171,9 @@ def _monitoring(raw: dict) -> MonitoringSettings:
         psi_floor=float(raw.get("psi_floor", 1e-4)),
         auc_floor=float(raw.get("auc_floor", 0.70)),
         max_auc_drop=float(raw.get("max_auc_drop", 0.05)),
+        outage_missing_increase=_share(raw.get("outage_missing_increase", 0.3),
+                                       "monitoring.outage_missing_increase"),
+        min_loans=_positive_int(raw.get("min_loans", 50), "monitoring.min_loans"),
         drift_report=bool(raw.get("drift_report", True)),
         drift_report_features=raw.get("drift_report_features", 15),
     )
@@ -172,6 +220,7 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
             "features.clickstream_lookback_months",
         ),
         checks=_checks(raw.get("checks", {})),
+        coverage=_coverage(raw.get("coverage") or {}),
         monitoring=_monitoring(raw.get("monitoring", {})),
         duckdb_threads=duck.get("threads"),
         duckdb_memory_limit=duck.get("memory_limit"),

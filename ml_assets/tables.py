@@ -37,6 +37,9 @@ LABEL_STORE = Table("gold", "label_store", "snapshot_date", ("loan_id",),
                     "One label per loan at its label month (observation month)")
 FEATURE_STORE = Table("gold", "feature_store", "application_month", ("loan_id",),
                       "One row per loan with the features known at its application month")
+SOURCE_COVERAGE = Table("gold", "source_coverage", "application_month", ("source",),
+                        "Per application month and feature source: how many applications the "
+                        "source covered, how current it was, and whether that is an outage")
 
 
 def asset_key(table: Table) -> dg.AssetKey:
@@ -74,7 +77,7 @@ def all_tables() -> list[Table]:
     """Every table the platform publishes, quarantines included."""
     silver = [SILVER_LOAN_DAILY, SILVER_CLICKSTREAM, SILVER_ATTRIBUTES, SILVER_FINANCIALS]
     return [*RAW_TABLES.values(), *silver, *map(quarantine_of, silver), LABEL_STORE,
-            FEATURE_STORE, TRAINING_SET, MODEL_REGISTRY, SCORE_REFERENCE, MODEL_ALIASES,
-            PREDICTIONS, STABILITY, PERFORMANCE, DRIFT, RECOMMENDATION, SUMMARY]
+            FEATURE_STORE, SOURCE_COVERAGE, TRAINING_SET, MODEL_REGISTRY, SCORE_REFERENCE,
+            MODEL_ALIASES, PREDICTIONS, STABILITY, PERFORMANCE, DRIFT, RECOMMENDATION, SUMMARY]
 
 

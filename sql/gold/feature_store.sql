@@ -6,7 +6,10 @@
 --     snapshots dated on or before the loan's start date, within the application month's
 --     lookback window (`clickstream_window`: the application month and the months before it,
 --     from the partition mapping); later snapshots are never used;
---   features_as_of: the latest source date used, never after the application month;
+--   attributes_as_of, financials_as_of, clickstream_as_of: each source's own snapshot date used
+--     (the latest one for clickstream); NULL when the source had none for the loan. A source
+--     that lags shows here, not hidden behind another source's date;
+--   features_as_of: the latest of them, never after the application month;
 --   has_attributes, has_financials: whether the application snapshots were found.
 -- Inputs: `silver_loan_daily`, `silver_attributes`, `silver_financials` (application months),
 -- `silver_clickstream` (each application month's lookback window) and `clickstream_window`
@@ -58,6 +61,9 @@ SELECT
     loans.application_month,
     greatest(attributes.snapshot_date, financials.snapshot_date, clickstream.clickstream_as_of)
         AS features_as_of,
+    attributes.snapshot_date AS attributes_as_of,
+    financials.snapshot_date AS financials_as_of,
+    clickstream.clickstream_as_of,
     attributes.loan_id IS NOT NULL AS has_attributes,
     financials.loan_id IS NOT NULL AS has_financials,
     attributes.age,
