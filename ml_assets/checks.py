@@ -89,7 +89,9 @@ def evaluate_table_checks(con: duckdb.DuckDBPyConnection, table: Table, query: s
                 if PERSONAL_COLUMN.search(c.lower()) and c not in NOT_PERSONAL]
     texts = [c for c, t in zip(relation.columns, relation.types, strict=True)
              if str(t) == "VARCHAR"]
-    ssn_counts = ", ".join(f'count_if(regexp_full_match("{c}", $ssn))' for c in texts) or "0"
+    # count(*) FILTER, not count_if: DuckDB 2.0's count_if is NULL over a column of NULLs
+    ssn_counts = ", ".join(f'count(*) FILTER (WHERE regexp_full_match("{c}", $ssn))'
+                           for c in texts) or "0"
     keys = ", ".join(f'"{c}"' for c in table.key)
     rows = con.execute(
         f"SELECT date_trunc('month', {table.month_column})::DATE, count(*), "

@@ -6,6 +6,7 @@ Read once per process. `VINTAGE_CONFIG` points at another YAML file;
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 from datetime import date
@@ -60,6 +61,20 @@ class CheckSettings:
 
 
 COVERED_SOURCES = ("features_attributes", "features_financials", "feature_clickstream")
+# Which source each feature store column comes from (shell patterns; the rest are financials):
+# what a source outage takes away from a model.
+FEATURES_OF_SOURCE = {
+    "feature_clickstream": ("fe_*_latest", "fe_*_mean", "clickstream_months"),
+    "features_attributes": ("age", "occupation"),
+}
+
+
+def source_of_feature(feature: str) -> str:
+    """The source (one of COVERED_SOURCES) a feature store column is built from."""
+    for source, patterns in FEATURES_OF_SOURCE.items():
+        if any(fnmatch.fnmatchcase(feature, pattern) for pattern in patterns):
+            return source
+    return "features_financials"
 COVERAGE_ON_FAILURE = ("flag", "block")
 
 

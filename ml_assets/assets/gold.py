@@ -113,7 +113,7 @@ def feature_months(context: dg.AssetExecutionContext, warehouse: Warehouse, mont
         compute(con, "gold/feature_store")
         figures = {row[0]: row[1:] for row in con.execute(
             f"SELECT application_month, count(*), count_if(clickstream_months > 0), "
-            f"count_if(date_trunc('month', features_as_of) > application_month), "
+            f"count(*) FILTER (WHERE date_trunc('month', features_as_of) > application_month), "
             f"count_if(NOT (has_attributes AND has_financials)) FROM {RESULT} GROUP BY ALL"
         ).fetchall()}
         evaluations = []

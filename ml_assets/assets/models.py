@@ -35,7 +35,7 @@ from ml_assets.modeling import Model, feature_schema_hash, fingerprint, train_mo
 from ml_assets.months import add_months, folder_label, parse_month, partition_key
 from ml_assets.partitions import monthly_partitions, run_months, training_windows, window_pairs
 from ml_assets.plots import bar_chart
-from ml_assets.settings import settings
+from ml_assets.settings import settings, source_of_feature
 from ml_assets.tables import (
     FEATURE_STORE,
     LABEL_STORE,
@@ -43,6 +43,7 @@ from ml_assets.tables import (
     MODEL_REGISTRY,
     PREDICTIONS,
     SCORE_REFERENCE,
+    SOURCE_COVERAGE,
     TRAINING_SET,
     asset_key,
 )
@@ -90,6 +91,8 @@ ALIAS_SCHEMA = pa.schema([
 PREDICTION_SCHEMA = pa.schema([
     ("loan_id", pa.string()), ("customer_id", pa.string()), ("application_month", pa.date32()),
     ("model_version", pa.string()), ("score", pa.float64()), ("decision", pa.string()),
+    ("missing_sources", pa.string()), ("coverage_status", pa.string()),
+    ("coverage_issue", pa.string()),
 ])
 
 
@@ -433,59 +436,116 @@ PREDICTIONS_KEY = asset_key(PREDICTIONS)
 PREDICTION_CHECKS = {
     "one_valid_score_per_loan": spec(
         PREDICTIONS_KEY, "one_valid_score_per_loan",
-        "One prediction per loan of the feature store's month, each score in [0, 1]"),
+        "One prediction per loan of the feature store's month, each score in [0, 1] (none when "
+        "the month is blocked for a source outage)"),
     "champion_not_from_the_future": spec(
         PREDICTIONS_KEY, "champion_not_from_the_future",
         "The scoring model was trained in the prediction month or before"),
+    "sources_covered": spec(
+        PREDICTIONS_KEY, "sources_covered",
+        "Every source the champion's features come from covered the month's applications "
+        "(gold.source_coverage): ERROR when one is below its floor (the month is flagged or "
+        "blocked, coverage.on_failure), WARN when one is well below its usual level"),
 }
+# a loan's missing sources, from the feature store's flags
+MISSING_SOURCE = {"features_attributes": "NOT has_attributes",
+                  "features_financials": "NOT has_financials",
+                  "feature_clickstream": "clickstream_months = 0"}
+
+
+def coverage_verdict(coverage_rows: list[tuple], features: list[str]) -> tuple[str, list, str]:
+    """The month's coverage for a model: its status (ok, warn, error), the failing sources the
+    model's `features` use, and the issue text. `coverage_rows`: (source, status, message) of
+    gold.source_coverage for the month; a source the model does not use cannot fail it."""
+    used = {source_of_feature(f) for f in features}
+    relevant = [(s, status, message) for s, status, message in coverage_rows if s in used]
+    failing = [s for s, status, _ in relevant if status == "error"]
+    status = "error" if failing else "warn" if any(r[1] == "warn" for r in relevant) else "ok"
+    issue = "; ".join(message for _, st, message in relevant if st != "ok")
+    return status, failing, issue
+
+
+def decide_applications(scores: np.ndarray, missing: pd.Series, failing: list[str],
+                        cutoff: float) -> np.ndarray:
+    """decline when the score is at least `cutoff`, else approve; an application missing a
+    `failing` source (a feed outage) is `refer`red to a person instead: its score lacks data
+    the model relies on. `missing`: each loan's missing sources, comma-separated or None."""
+    decision = np.where(scores >= cutoff, "decline", "approve").astype(object)
+    if failing:
+        lacks = missing.fillna("").map(lambda text: any(s in text.split(",") for s in failing))
+        decision[lacks.to_numpy(dtype=bool)] = "refer"
+    return decision
 
 
 @monthly_asset(
     **describe_table(PREDICTIONS, checks=PREDICTION_CHECKS.values()),
-    deps=[dg.AssetDep(asset_key(FEATURE_STORE)), dg.AssetDep(CHAMPION)],
+    deps=[dg.AssetDep(asset_key(FEATURE_STORE)), dg.AssetDep(CHAMPION),
+          dg.AssetDep(asset_key(SOURCE_COVERAGE))],
 )
 def predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
                 model_store: ModelStore):
     months = run_months(context)
     cutoff = CONFIG.decision_cutoff
+    on_failure = settings().coverage.on_failure
     evaluations, scored, per_month = [], [], {}
+    missing_sql = ", ".join(f"CASE WHEN {condition} THEN '{source}' END"
+                            for source, condition in MISSING_SOURCE.items())
     with warehouse.connect() as con:
         warehouse.register_input(con, "aliases", MODEL_ALIASES, months)
         warehouse.register_input(con, "features", FEATURE_STORE, months)
+        warehouse.register_input(con, "coverage", SOURCE_COVERAGE, months)
         champions = {row[0]: row[1:] for row in con.execute(
             "SELECT month, model_name, model_version, trained_month FROM aliases "
             "WHERE alias = $alias", {"alias": ALIAS}).fetchall()}
+        coverage: dict[date, list[tuple]] = {}
+        for month, *row in con.execute("SELECT application_month, source, status, message "
+                                       "FROM coverage ORDER BY ALL").fetchall():
+            coverage.setdefault(month, []).append(tuple(row))
         models: dict[str, Model] = {}
         for month in months:
             name, version, trained = champions.get(month, (None, None, None))
-            frame = as_dates(con.execute("SELECT * FROM features WHERE application_month = $month "
-                                         "ORDER BY loan_id", {"month": month}).df(),
-                             "application_month")
-            if version is None:
-                per_month[month] = {"model_version": "none",
-                                    "reason": "no champion yet in this month"}
-                scores = np.empty(0)
-            else:
+            frame = as_dates(con.execute(
+                f"SELECT *, nullif(concat_ws(',', {missing_sql}), '') AS missing_sources "
+                "FROM features WHERE application_month = $month ORDER BY loan_id",
+                {"month": month}).df(), "application_month")
+            status, failing, issue = "ok", [], ""
+            if version is not None:
                 if version not in models:
                     models[version] = model_store.load(name, version)
+                status, failing, issue = coverage_verdict(coverage.get(month, []),
+                                                          list(models[version].features.names))
+            blocked = bool(failing) and on_failure == "block"
+            if version is None or blocked:
+                per_month[month] = {"model_version": version or "none", "reason": (
+                    f"blocked (coverage.on_failure: block): {issue}" if blocked
+                    else "no champion yet in this month")}
+                scores = np.empty(0)
+            else:
                 scores = models[version].predict(frame)
+                decisions = decide_applications(scores, frame["missing_sources"], failing, cutoff)
                 scored.append(pd.DataFrame({
                     "loan_id": frame["loan_id"], "customer_id": frame["customer_id"],
                     "application_month": frame["application_month"], "model_version": version,
-                    "score": scores, "decision": np.where(scores >= cutoff, "decline", "approve"),
+                    "score": scores, "decision": decisions,
+                    "missing_sources": frame["missing_sources"], "coverage_status": status,
+                    "coverage_issue": issue or None,
                 }))
                 quantiles = ([float(q) for q in np.quantile(scores, [0.1, 0.5, 0.9])]
                              if len(scores) else [None] * 3)
+                shares = {d: float((decisions == d).mean()) if len(scores) else None
+                          for d in ("decline", "approve", "refer")}
                 per_month[month] = {
                     "model_version": version, "model_trained_month": str(trained),
                     "mean_score": float(scores.mean()) if len(scores) else None,
                     "score_p10": quantiles[0], "score_p50": quantiles[1],
                     "score_p90": quantiles[2], "decision_cutoff": cutoff,
-                    "declined_share": float((scores >= cutoff).mean()) if len(scores) else None,
+                    "declined_share": shares["decline"], "approved_share": shares["approve"],
+                    "referred_share": shares["refer"], "coverage_status": status,
+                    **({"coverage_issue": issue} if issue else {}),
                 }
             valid = bool(((scores >= 0) & (scores <= 1)).all())
-            expected = len(frame) if version else 0
-            distinct = frame["loan_id"].nunique() if version else 0
+            expected = len(frame) if version and not blocked else 0
+            distinct = frame["loan_id"].nunique() if expected else 0
             evaluations.append(evaluation(
                 PREDICTION_CHECKS["one_valid_score_per_loan"], month,
                 valid and distinct == expected == len(scores),
@@ -494,6 +554,15 @@ def predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
                 PREDICTION_CHECKS["champion_not_from_the_future"], month,
                 trained is None or trained <= month,
                 {"model_version": version or "none", "trained_month": str(trained)}))
+            outcome = ("blocked: no predictions published" if blocked else
+                       f"flagged: {int((scored[-1]['decision'] == 'refer').sum())} applications "
+                       f"referred" if failing else "")
+            evaluations.append(evaluation(
+                PREDICTION_CHECKS["sources_covered"], month, status == "ok",
+                {"coverage_status": status, "failing_sources": ", ".join(failing) or "none",
+                 "on_failure": on_failure},
+                severity=dg.AssetCheckSeverity.ERROR if failing else dg.AssetCheckSeverity.WARN,
+                description=f"{issue}; {outcome}" if failing else issue or None))
         rows = (pa.Table.from_pandas(pd.concat(scored, ignore_index=True),
                                      schema=PREDICTION_SCHEMA, preserve_index=False)
                 if scored else PREDICTION_SCHEMA.empty_table())

@@ -24,7 +24,7 @@ from ml_assets.metadata import markdown_table
 from ml_assets.months import folder_label
 from ml_assets.partitions import run_months, upstream_months
 from ml_assets.plots import bar_chart, line_chart
-from ml_assets.settings import settings
+from ml_assets.settings import settings, source_of_feature
 from ml_assets.tables import (
     DRIFT,
     FEATURE_STORE,
@@ -35,6 +35,7 @@ from ml_assets.tables import (
     PREDICTIONS,
     RECOMMENDATION,
     SCORE_REFERENCE,
+    SOURCE_COVERAGE,
     STABILITY,
     SUMMARY,
     TRAINING_SET,
@@ -80,6 +81,19 @@ def register_reference(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, rec
         {"version": record["model_version"]})
 
 
+def failing_sources(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, months: list[date]
+                    ) -> dict[date, dict[str, tuple[float, float]]]:
+    """Per month, the sources below their coverage floor (gold.source_coverage): source ->
+    (coverage, floor)."""
+    warehouse.register_input(con, "coverage_rows", SOURCE_COVERAGE, months)
+    failing: dict[date, dict] = {}
+    for month, source, coverage, floor in con.execute(
+            "SELECT application_month, source, coverage, floor FROM coverage_rows "
+            "WHERE status = 'error'").fetchall():
+        failing.setdefault(month, {})[source] = (coverage, floor)
+    return failing
+
+
 def register_actual(con: duckdb.DuckDBPyConnection, month: date) -> None:
     """`actual_rows`: the month's loans, their features and the champion's scores."""
     con.execute(
@@ -106,10 +120,15 @@ STABILITY_CHECKS = {
     "score_psi": spec(STABILITY_KEY, "score_psi",
                       f"Score PSI against the reference: WARN in the watch band "
                       f"(>= {THRESHOLDS.psi_watch}), ERROR in the act band "
-                      f"(>= {THRESHOLDS.psi_act})"),
+                      f"(>= {THRESHOLDS.psi_act}); only WARN on fewer than "
+                      f"{THRESHOLDS.min_loans} loans (monitoring.min_loans)"),
     "feature_csi": spec(STABILITY_KEY, "feature_csi",
                         f"WARN when a model feature's CSI is in the act band "
-                        f"(>= {THRESHOLDS.psi_act})"),
+                        f"(>= {THRESHOLDS.psi_act}); features in an outage are checked apart"),
+    "features_missing": spec(STABILITY_KEY, "features_missing",
+                             f"ERROR when a model feature is missing in a share of the month's "
+                             f"loans at least {THRESHOLDS.outage_missing_increase:.0%} above the "
+                             f"reference's (monitoring.outage_missing_increase): a data outage"),
 }
 
 
@@ -117,31 +136,58 @@ STABILITY_SCHEMA = pa.schema([
     ("month", pa.date32()), ("model_version", pa.string()), ("variable", pa.string()),
     ("kind", pa.string()), ("psi", pa.float64()), ("band", pa.string()), ("bins", pa.int32()),
     ("bin_edges", pa.list_(pa.float64())), ("reference_n", pa.int64()),
-    ("actual_n", pa.int64()),
+    ("actual_n", pa.int64()), ("reference_missing_share", pa.float64()),
+    ("actual_missing_share", pa.float64()),
 ])
 
 
 def psi_band_check(check: dg.AssetCheckSpec, month: date, psi: float | None,
-                   metadata: dict) -> dg.AssetCheckEvaluation:
-    """Stable passes; the watch band fails as a WARN, the act band as an ERROR."""
+                   metadata: dict, loans: int | None = None,
+                   during: str | None = None) -> dg.AssetCheckEvaluation:
+    """Stable passes; the watch band fails as a WARN, the act band as an ERROR; with fewer
+    than `monitoring.min_loans` loans, a WARN at most (too few to judge). `during` names a data
+    outage of the month, which the description then mentions."""
     if psi is None or psi < THRESHOLDS.psi_watch:
         return evaluation(check, month, True, metadata)
     acting = psi >= THRESHOLDS.psi_act
     band, bound = ("act", THRESHOLDS.psi_act) if acting else ("watch", THRESHOLDS.psi_watch)
+    description = f"score PSI {psi:.4f} in the {band} band (>= {bound})" + (
+        f", during a {during}" if during else "")
+    if loans is not None and loans < THRESHOLDS.min_loans:
+        return evaluation(check, month, False, metadata, severity=WARN,
+                          description=f"{description}, on only {loans} loans: too few to judge "
+                                      f"(monitoring.min_loans {THRESHOLDS.min_loans})")
     return evaluation(check, month, False, metadata, severity=ERROR if acting else WARN,
-                      description=f"score PSI {psi:.4f} in the {band} band (>= {bound})")
+                      description=description)
+
+
+def describe_outage(outage: pd.DataFrame, loans: int) -> str:
+    """One line for the features of a month in the outage band, by source (a feed that stopped
+    shows as one line, not forty). `outage`: stability rows indexed by variable."""
+    by_source: dict[str, list[str]] = {}
+    for variable in outage.index:
+        by_source.setdefault(source_of_feature(variable), []).append(variable)
+    parts = []
+    for source, variables in sorted(by_source.items()):
+        rows = outage.loc[variables]
+        named = ", ".join(variables[:3]) + (", ..." if len(variables) > 3 else "")
+        parts.append(f"{source}: {len(variables)} feature(s) missing in up to "
+                     f"{rows['actual_missing_share'].max():.0%} of {loans} loans against up to "
+                     f"{rows['reference_missing_share'].max():.0%} in the reference ({named})")
+    return "data outage, not drift: " + "; ".join(parts)
 
 
 @monthly_asset(
     **describe_table(STABILITY, checks=STABILITY_CHECKS.values()),
     deps=[dg.AssetDep(asset_key(PREDICTIONS)), dg.AssetDep(asset_key(FEATURE_STORE)),
-          dg.AssetDep(CHAMPION)],
+          dg.AssetDep(CHAMPION), dg.AssetDep(asset_key(SOURCE_COVERAGE))],
 )
 def stability(context: dg.AssetExecutionContext, warehouse: Warehouse):
     months = run_months(context)
     evaluations, results, per_month = [], [], {}
     with warehouse.connect() as con:
         champions = champions_of(warehouse, con, months)
+        failing = failing_sources(warehouse, con, months)
         warehouse.register_input(con, "features", FEATURE_STORE, months)
         warehouse.register_input(con, "scored", PREDICTIONS, months)
         for month in months:
@@ -159,38 +205,13 @@ def stability(context: dg.AssetExecutionContext, warehouse: Warehouse):
             frame = con.execute(sql_text("monitoring/stability"), {
                 "numeric": [SCORE, *numeric], "categorical": categorical,
                 "floor": THRESHOLDS.psi_floor, "watch": THRESHOLDS.psi_watch,
-                "act": THRESHOLDS.psi_act, "month": month,
-                "model_version": record["model_version"]}).df()
+                "act": THRESHOLDS.psi_act, "outage": THRESHOLDS.outage_missing_increase,
+                "outage_variables": [f for f in record["features"]
+                                     if source_of_feature(f) in failing.get(month, {})],
+                "month": month, "model_version": record["model_version"]}).df()
             results.append(frame)
-            frame = frame.set_index("variable")
-            score_psi = float(frame.loc[SCORE, "psi"])
-            features = frame.drop(index=SCORE).sort_values("psi", ascending=False)
-            acting = features[features["band"] == "act"]
-            top = features.head(TOP)
-            per_month[month] = {
-                "model_version": record["model_version"],
-                "reference": f"OOT of {record['model_version']} "
-                             f"({folder_label(record['oot_month'])})",
-                "score_psi": score_psi,
-                "score_band": frame.loc[SCORE, "band"],
-                "features_watch": int((features["band"] == "watch").sum()),
-                "features_act": len(acting),
-                "top_csi": dg.MetadataValue.md(markdown_table(
-                    ["variable", "csi", "band"],
-                    [[v, r.psi, r.band] for v, r in top.iterrows()])),
-                "csi_chart": dg.MetadataValue.md(bar_chart(
-                    {SCORE: score_psi, **top["psi"].to_dict()},
-                    f"{folder_label(month)}: PSI / CSI vs reference", "PSI")),
-            }
-            evaluations.append(psi_band_check(
-                STABILITY_CHECKS["score_psi"], month, score_psi,
-                {"score_psi": score_psi, "band": frame.loc[SCORE, "band"]}))
-            evaluations.append(evaluation(
-                STABILITY_CHECKS["feature_csi"], month, acting.empty,
-                {"features_in_act_band": ", ".join(acting.index) or "none"}, severity=WARN,
-                description=None if acting.empty else
-                f"CSI >= {THRESHOLDS.psi_act}: " + ", ".join(
-                    f"{name} {value:.3f}" for name, value in acting["psi"].items())))
+            evaluations += stability_evaluations(month, frame.set_index("variable"), scored)
+            per_month[month] = stability_metadata(month, record, frame.set_index("variable"))
         rows = as_dates(pd.concat(results, ignore_index=True), "month") if results else None
         con.register("stability_rows", pa.Table.from_pandas(
             rows if rows is not None else STABILITY_SCHEMA.empty_table().to_pandas(),
@@ -200,6 +221,61 @@ def stability(context: dg.AssetExecutionContext, warehouse: Warehouse):
     yield from evaluations
     yield dg.MaterializeResult()
     yield from check_outputs(context)
+
+
+def stability_evaluations(month: date, frame: pd.DataFrame, loans: int) -> list:
+    """The month's stability checks from its rows (indexed by variable): the score's band, the
+    features in the act band, and the features in an outage (missing data, apart from drift)."""
+    features = frame.drop(index=SCORE)
+    outage = features[features["band"] == "outage"]
+    acting = features[features["band"] == "act"]
+    score_psi = float(frame.loc[SCORE, "psi"])
+    outage_text = describe_outage(outage, loans) if len(outage) else None
+    score_check = psi_band_check(
+        STABILITY_CHECKS["score_psi"], month, score_psi,
+        {"score_psi": score_psi, "band": frame.loc[SCORE, "band"], "loans": loans}, loans,
+        during=outage_text)
+    few = loans < THRESHOLDS.min_loans
+    return [
+        score_check,
+        evaluation(STABILITY_CHECKS["feature_csi"], month, acting.empty,
+                   {"features_in_act_band": ", ".join(acting.index) or "none"}, severity=WARN,
+                   description=None if acting.empty else
+                   f"CSI >= {THRESHOLDS.psi_act}: " + ", ".join(
+                       f"{name} {value:.3f}" for name, value in acting["psi"].items())),
+        evaluation(STABILITY_CHECKS["features_missing"], month, outage.empty,
+                   {"features_in_outage": len(outage), "loans": loans},
+                   severity=WARN if few else ERROR, description=outage_text),
+    ]
+
+
+def stability_metadata(month: date, record: dict, frame: pd.DataFrame) -> dict:
+    """What the UI shows for a month's stability (rows indexed by variable)."""
+    features = frame.drop(index=SCORE)
+    drifting = features[features["band"] != "outage"].sort_values("psi", ascending=False)
+    top = drifting.head(TOP)
+    score_psi = float(frame.loc[SCORE, "psi"])
+    return {
+        "model_version": record["model_version"],
+        "reference": f"OOT of {record['model_version']} ({folder_label(record['oot_month'])})",
+        "score_psi": score_psi,
+        "score_band": frame.loc[SCORE, "band"],
+        "features_watch": int((features["band"] == "watch").sum()),
+        "features_act": int((features["band"] == "act").sum()),
+        "features_outage": int((features["band"] == "outage").sum()),
+        "top_csi": dg.MetadataValue.md(markdown_table(
+            ["variable", "csi", "band", "missing (reference)", "missing (month)"],
+            [[v, r.psi, r.band, r.reference_missing_share, r.actual_missing_share]
+             for v, r in top.iterrows()])),
+        "missing_shares": dg.MetadataValue.md(markdown_table(
+            ["variable", "missing (reference)", "missing (month)", "band"],
+            [[v, r.reference_missing_share, r.actual_missing_share, r.band]
+             for v, r in features.sort_values("actual_missing_share", ascending=False)
+             .head(TOP).iterrows()])),
+        "csi_chart": dg.MetadataValue.md(bar_chart(
+            {SCORE: score_psi, **top["psi"].to_dict()},
+            f"{folder_label(month)}: PSI / CSI vs reference (outages apart)", "PSI")),
+    }
 
 
 # -- performance -----------------------------------------------------------------------------
@@ -267,26 +343,8 @@ def performance(context: dg.AssetExecutionContext, warehouse: Warehouse):
                     scored["application_month"].iloc[0]), **{k: summary[k] for k in (
                         "n", "default_rate", "mean_score", "auc", "gini", "ks")},
                     "model_oot_auc": oot_auc.get(version)}
-                auc = summary["auc"]
-                floor_ok = auc is not None and auc >= THRESHOLDS.auc_floor
-                if auc is None:
-                    floor_failure = f"AUC of {version} not measurable (one class only)"
-                else:
-                    floor_failure = (f"AUC {auc:.4f} of {version} below the floor "
-                                     f"{THRESHOLDS.auc_floor}")
-                evaluations.append(evaluation(
-                    PERFORMANCE_CHECKS["auc_floor"], month, floor_ok,
-                    {"auc": auc, "floor": THRESHOLDS.auc_floor},
-                    description=None if floor_ok else floor_failure))
-                drop_ok = drop is not None and drop <= THRESHOLDS.max_auc_drop
-                evaluations.append(evaluation(
-                    PERFORMANCE_CHECKS["auc_drop"], month, drop_ok,
-                    {"auc": auc, "model_oot_auc": oot_auc.get(version), "drop": drop,
-                     "max_drop": THRESHOLDS.max_auc_drop},
-                    description=None if drop_ok else
-                    "AUC drop not measurable (one class only)" if drop is None else
-                    f"AUC {auc:.4f} of {version} is {drop:.4f} below its OOT AUC "
-                    f"{oot_auc.get(version):.4f} (more than {THRESHOLDS.max_auc_drop})"))
+                evaluations += performance_evaluations(month, version, summary,
+                                                       oot_auc.get(version), drop)
         con.register("performance_rows", pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
         publish(context, warehouse, con, PERFORMANCE, "SELECT * FROM performance_rows", months,
                 per_month)
@@ -295,12 +353,43 @@ def performance(context: dg.AssetExecutionContext, warehouse: Warehouse):
     yield from check_outputs(context)
 
 
+def performance_evaluations(month: date, version: str, summary: dict, model_oot_auc: float | None,
+                            drop: float | None) -> list:
+    """The AUC floor and AUC drop checks of one label month's matured predictions. Without both
+    classes the AUC is not measurable, and on fewer than `monitoring.min_loans` loans it is too
+    noisy to judge: both are a WARN saying so, never an ERROR."""
+    auc, n, defaults = summary["auc"], summary["n"], summary["defaults"]
+    figures = {"auc": auc, "loans": n, "defaults": defaults, "model_oot_auc": model_oot_auc}
+    if auc is None or n < THRESHOLDS.min_loans:
+        why = (f"AUC of {version} not measurable: {n} loans, {defaults} defaults (one class only)"
+               if auc is None else
+               f"AUC {auc:.4f} of {version} on only {n} loans: too few to judge "
+               f"(monitoring.min_loans {THRESHOLDS.min_loans})")
+        return [evaluation(check, month, False, figures, severity=WARN, description=why)
+                for check in PERFORMANCE_CHECKS.values()]
+    floor_ok = auc >= THRESHOLDS.auc_floor
+    drop_ok = drop is not None and drop <= THRESHOLDS.max_auc_drop
+    return [
+        evaluation(PERFORMANCE_CHECKS["auc_floor"], month, floor_ok,
+                   {**figures, "floor": THRESHOLDS.auc_floor},
+                   description=None if floor_ok else
+                   f"AUC {auc:.4f} of {version} below the floor {THRESHOLDS.auc_floor}"),
+        evaluation(PERFORMANCE_CHECKS["auc_drop"], month, drop_ok,
+                   {**figures, "drop": drop, "max_drop": THRESHOLDS.max_auc_drop},
+                   description=None if drop_ok else
+                   f"AUC drop of {version} not measurable: no OOT AUC in the registry"
+                   if drop is None else
+                   f"AUC {auc:.4f} of {version} is {drop:.4f} below its OOT AUC "
+                   f"{model_oot_auc:.4f} (more than {THRESHOLDS.max_auc_drop})"),
+    ]
+
+
 # -- evidently drift report ------------------------------------------------------------------
 
 DRIFT_SCHEMA = pa.schema([
     ("month", pa.date32()), ("model_version", pa.string()), ("column_name", pa.string()),
     ("method", pa.string()), ("threshold", pa.float64()), ("value", pa.float64()),
-    ("drifted", pa.bool_()),
+    ("drifted", pa.bool_()), ("note", pa.string()),
 ])
 
 
@@ -356,8 +445,22 @@ def drift_rows(snapshot, month: date, version: str) -> list[dict]:
         drifted = value < threshold if "p_value" in method else value >= threshold
         rows.append({"month": month, "model_version": version, "column_name": config["column"],
                      "method": method, "threshold": threshold, "value": value,
-                     "drifted": drifted})
+                     "drifted": drifted, "note": None})
     return rows
+
+
+def testable_columns(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
+                     ) -> tuple[list[str], dict[str, str]]:
+    """The columns a drift test can compare, and why each other one cannot: a column with no
+    value on one side (evidently refuses it; for the month it is a data outage, which
+    monitoring.stability reports as missing data)."""
+    notes = {}
+    for column in columns:
+        empty = [side for side, frame in (("month", current), ("reference", reference))
+                 if frame[column].notna().sum() == 0]
+        if empty:
+            notes[column] = f"not tested: no value in the {' or the '.join(empty)}"
+    return [c for c in columns if c not in notes], notes
 
 
 @monthly_asset(
@@ -385,15 +488,27 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> Non
                 per_month[month] = {"reason": "no predictions this month"}
                 continue
             numeric, categorical = feature_kinds(record, THRESHOLDS.drift_report_features)
-            snapshot = evidently_drift(con.execute("SELECT * FROM reference_rows").df(),
-                                       current, [SCORE, *numeric], categorical)
+            reference = con.execute("SELECT * FROM reference_rows").df()
+            tested, notes = testable_columns(reference, current, [SCORE, *numeric, *categorical])
+            untested = [{"month": month, "model_version": record["model_version"],
+                         "column_name": column, "method": None, "threshold": None,
+                         "value": None, "drifted": None, "note": note}
+                        for column, note in notes.items()]
+            if not tested:
+                rows += untested
+                per_month[month] = {"reason": "no column with values on both sides to test",
+                                    "columns_not_tested": len(untested)}
+                continue
+            snapshot = evidently_drift(reference, current,
+                                       [c for c in [SCORE, *numeric] if c in tested],
+                                       [c for c in categorical if c in tested])
             path = report_path(warehouse, month)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             snapshot.save_html(str(partial))
             os.replace(partial, path)
             month_rows = drift_rows(snapshot, month, record["model_version"])
-            rows += month_rows
+            rows += month_rows + untested
             drifted = sorted(r["column_name"] for r in month_rows if r["drifted"])
             per_month[month] = {
                 "report": dg.MetadataValue.url(path.resolve().as_uri()),
@@ -401,6 +516,8 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> Non
                 "columns_drifted": len(drifted),
                 "share_drifted": len(drifted) / len(month_rows) if month_rows else 0.0,
                 "drifted": ", ".join(drifted) or "none",
+                "columns_not_tested": len(untested),
+                **({"not_tested": ", ".join(notes)} if notes else {}),
             }
         con.register("drift_rows", pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA))
         publish(context, warehouse, con, DRIFT, "SELECT * FROM drift_rows", months, per_month)
@@ -412,18 +529,35 @@ RECOMMENDATION_SCHEMA = pa.schema([
     ("month", pa.date32()), ("model_version", pa.string()), ("recommendation", pa.string()),
     ("reasons", pa.string()), ("reasons_json", pa.string()),
 ])
-SEVERITY = {"retain": 0, "watch": 1, "retrain": 2}
+# A data outage outranks a retrain: retraining on a month whose feed stopped learns the outage.
+SEVERITY = {"retain": 0, "watch": 1, "retrain": 2, "data_outage": 3}
 
 
 def recommend(score_psi: float | None, feature_csi: dict[str, float],
-              performance_row: dict | None) -> tuple[str, list[dict]]:
-    """retain, watch or retrain, with each reason: the metric, its value, the threshold."""
+              performance_row: dict | None, failing_sources: dict[str, tuple[float, float]]
+              | None = None, missing_features: dict[str, tuple[float, float]] | None = None
+              ) -> tuple[str, list[dict]]:
+    """retain, watch, retrain or data_outage, with each reason: the metric, its value, the
+    threshold. `feature_csi`: CSI of the features not in an outage; `failing_sources`: source ->
+    (coverage, floor) of the sources below their floor (gold.source_coverage);
+    `missing_features`: feature -> (missing share, reference missing share) of the features in
+    the outage band. An outage makes the month `data_outage`: fix the feed, don't retrain."""
     reasons = []
 
     def reason(action, metric, value, threshold, comparison):
         reasons.append({"action": action, "metric": metric, "value": value,
                         "threshold": threshold, "comparison": comparison})
 
+    for source, (coverage, floor) in sorted((failing_sources or {}).items()):
+        reason("data_outage", f"coverage:{source}", coverage, floor, "<")
+    by_source: dict[str, list[tuple[str, float, float]]] = {}
+    for feature, (share, reference) in (missing_features or {}).items():
+        by_source.setdefault(source_of_feature(feature), []).append((feature, share, reference))
+    for source, features in sorted(by_source.items()):
+        share = max(f[1] for f in features)
+        reference = max(f[2] for f in features)
+        reason("data_outage", f"missing:{source} ({len(features)} features)", share,
+               reference + THRESHOLDS.outage_missing_increase, ">=")
     if score_psi is not None:
         if score_psi >= THRESHOLDS.psi_act:
             reason("retrain", "score_psi", score_psi, THRESHOLDS.psi_act, ">=")
@@ -432,7 +566,8 @@ def recommend(score_psi: float | None, feature_csi: dict[str, float],
     for feature, csi in sorted(feature_csi.items(), key=lambda kv: -kv[1]):
         if csi >= THRESHOLDS.psi_act:
             reason("watch", f"csi:{feature}", csi, THRESHOLDS.psi_act, ">=")
-    if performance_row and performance_row.get("auc") is not None:
+    if performance_row and performance_row.get("auc") is not None \
+            and performance_row.get("n", 0) >= THRESHOLDS.min_loans:
         auc = performance_row["auc"]
         if auc < THRESHOLDS.auc_floor:
             reason("retrain", "auc", auc, THRESHOLDS.auc_floor, "<")
@@ -446,13 +581,14 @@ def recommend(score_psi: float | None, feature_csi: dict[str, float],
 def describe_reasons(reasons: list[dict]) -> str:
     if not reasons:
         return "every metric within its threshold"
-    return "; ".join(f"{r['metric']} {r['value']:.4f} {r['comparison']} {r['threshold']} "
+    return "; ".join(f"{r['metric']} {r['value']:.4f} {r['comparison']} {r['threshold']:.4g} "
                      f"({r['action']})" for r in reasons)
 
 
 @monthly_asset(
     **describe_table(RECOMMENDATION),
-    deps=[dg.AssetDep(STABILITY_KEY), dg.AssetDep(PERFORMANCE_KEY)],
+    deps=[dg.AssetDep(STABILITY_KEY), dg.AssetDep(PERFORMANCE_KEY),
+          dg.AssetDep(asset_key(SOURCE_COVERAGE))],
 )
 def recommendation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
     months = run_months(context)
@@ -460,28 +596,33 @@ def recommendation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> N
     with warehouse.connect() as con:
         warehouse.register_input(con, "stability_rows", STABILITY, months)
         warehouse.register_input(con, "performance_rows", PERFORMANCE, months)
+        failing = failing_sources(warehouse, con, months)
         stability_frame = as_dates(con.execute("SELECT * FROM stability_rows").df(), "month")
         performance_frame = as_dates(con.execute("SELECT * FROM performance_rows").df(), "month")
         for month in months:
             month_stability = stability_frame[stability_frame["month"] == month]
             month_performance = performance_frame[performance_frame["month"] == month]
-            if month_stability.empty and month_performance.empty:
+            if month_stability.empty and month_performance.empty and month not in failing:
                 per_month[month] = {"reason": "no predictions and no matured labels this month"}
                 continue
-            psi = month_stability.set_index("variable")["psi"]
+            by_variable = month_stability.set_index("variable")
+            features = by_variable.drop(index=SCORE, errors="ignore")
+            outage = features[features["band"] == "outage"]
             performance_row = (month_performance.iloc[0].to_dict()
                                if not month_performance.empty else None)
             action, reasons = recommend(
-                float(psi[SCORE]) if SCORE in psi else None,
-                {k: float(v) for k, v in psi.drop(SCORE, errors="ignore").items()},
-                performance_row)
+                float(by_variable.loc[SCORE, "psi"]) if SCORE in by_variable.index else None,
+                {k: float(v) for k, v in features[features["band"] != "outage"]["psi"].items()},
+                performance_row, failing.get(month),
+                {k: (float(r.actual_missing_share), float(r.reference_missing_share))
+                 for k, r in outage.iterrows()})
             version = (month_stability["model_version"].iloc[0] if not month_stability.empty
-                       else performance_row["model_version"])
+                       else performance_row["model_version"] if performance_row else None)
             rows.append({"month": month, "model_version": version, "recommendation": action,
                          "reasons": describe_reasons(reasons),
                          "reasons_json": json.dumps(reasons)})
             per_month[month] = {"recommendation": action, "reasons": describe_reasons(reasons),
-                                "model_version": version}
+                                "model_version": version or "none"}
         con.register("recommendation_rows",
                      pa.Table.from_pylist(rows, schema=RECOMMENDATION_SCHEMA))
         publish(context, warehouse, con, RECOMMENDATION, "SELECT * FROM recommendation_rows",

@@ -6,7 +6,12 @@
 --   categorical: one bin per category seen on either side, plus one for NULL
 --   each side's proportions are floored at $floor (1e-4), with no renormalisation
 --   PSI = sum over bins of (actual - expected) * ln(actual / expected)
---   band: PSI < $watch stable, < $act watch, else act
+--   reference_missing_share, actual_missing_share: each side's share of NULL values (the NULL
+--     bin, before flooring), reported on their own so that missing data is not read as drift
+--   band: `outage` when the actual missing share exceeds the reference's by $outage or more, or
+--     the variable is in $outage_variables (the features of a source below its coverage floor
+--     this month, gold.source_coverage: e.g. a count that drops to 0): a feed that stopped,
+--     not a population that moved; else PSI < $watch stable, < $act watch, else act
 -- Inputs: `reference_rows` and `actual_rows`, one row per loan with the variables as columns;
 -- $numeric and $categorical name the variables to compare (`_none` is a placeholder column that
 -- keeps an empty list of variables valid SQL).
@@ -66,7 +71,9 @@ shares AS (
         greatest(coalesce(expected.n, 0) / expected_total.total, $floor) AS expected,
         greatest(coalesce(actual.n, 0) / actual_total.total, $floor) AS actual,
         expected_total.total AS reference_n,
-        actual_total.total AS actual_n
+        actual_total.total AS actual_n,
+        coalesce(expected.n, 0) / expected_total.total AS expected_raw,
+        coalesce(actual.n, 0) / actual_total.total AS actual_raw
     FROM (SELECT DISTINCT variable, kind, bin FROM counts) AS bins
     JOIN totals AS expected_total
       ON expected_total.side = 'expected' AND expected_total.variable = bins.variable
@@ -85,7 +92,9 @@ psi AS (
         sum((actual - expected) * ln(actual / expected)) AS psi,
         count(*)::INTEGER AS bins,
         any_value(reference_n)::BIGINT AS reference_n,
-        any_value(actual_n)::BIGINT AS actual_n
+        any_value(actual_n)::BIGINT AS actual_n,
+        coalesce(sum(expected_raw) FILTER (WHERE bin = 'NULL'), 0) AS reference_missing_share,
+        coalesce(sum(actual_raw) FILTER (WHERE bin = 'NULL'), 0) AS actual_missing_share
     FROM shares
     GROUP BY variable
 )
@@ -95,11 +104,15 @@ SELECT
     psi.variable,
     psi.kind,
     psi.psi,
-    CASE WHEN psi.psi < $watch THEN 'stable' WHEN psi.psi < $act THEN 'watch' ELSE 'act' END
+    CASE WHEN psi.actual_missing_share - psi.reference_missing_share >= $outage
+              OR list_contains($outage_variables, psi.variable) THEN 'outage'
+         WHEN psi.psi < $watch THEN 'stable' WHEN psi.psi < $act THEN 'watch' ELSE 'act' END
         AS band,
     psi.bins,
     edges.edges AS bin_edges,
     psi.reference_n,
-    psi.actual_n
+    psi.actual_n,
+    psi.reference_missing_share,
+    psi.actual_missing_share
 FROM psi
 LEFT JOIN edges USING (variable)

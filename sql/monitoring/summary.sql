@@ -1,4 +1,5 @@
--- monitoring.summary: one row per month with the score's stability, the features' drift, the
+-- monitoring.summary: one row per month with the score's stability, the features' drift (and
+-- how many are in a data outage, missing far more often than in the reference), the
 -- performance of the vintage whose labels matured in the month, and the recommendation.
 -- Inputs: `all_stability`, `all_performance`, `all_drift`, `all_recommendation` (every
 -- published month up to the last month being materialised).
@@ -14,16 +15,18 @@ score AS (
 features AS (
     SELECT
         month,
-        count_if(band = 'watch') AS features_watch,
-        count_if(band = 'act') AS features_act,
-        arg_max(variable, psi) AS top_feature,
-        max(psi) AS top_feature_csi
+        count(*) FILTER (WHERE band = 'watch') AS features_watch,
+        count(*) FILTER (WHERE band = 'act') AS features_act,
+        count(*) FILTER (WHERE band = 'outage') AS features_outage,
+        arg_max(variable, psi) FILTER (WHERE band <> 'outage') AS top_feature,
+        max(psi) FILTER (WHERE band <> 'outage') AS top_feature_csi
     FROM all_stability
     WHERE variable <> 'score'
     GROUP BY month
 ),
 drift AS (
-    SELECT month, count_if(drifted) AS columns_drifted, count(*) AS columns_tested
+    SELECT month, count(*) FILTER (WHERE drifted) AS columns_drifted,
+           count(drifted) AS columns_tested
     FROM all_drift
     GROUP BY month
 )
@@ -34,6 +37,7 @@ SELECT
     score.score_band,
     features.features_watch,
     features.features_act,
+    features.features_outage,
     features.top_feature,
     features.top_feature_csi,
     drift.columns_drifted,
