@@ -228,8 +228,9 @@ def _column_findings(source: str, month: date, column: ColumnContract, i: int, r
 
 def duplicate_key_findings(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract,
                            present: list[str], months: list[date]) -> list[Finding]:
-    """Keys held by rows that differ in some other column (identical rows are mere duplicates,
-    which silver drops and counts)."""
+    """Keys held within a month by rows that differ in some other column (identical rows are
+    mere duplicates, which silver drops and counts): one finding per month, naming how many
+    keys, the first key, two of its data rows and the columns in which they differ."""
     if not contract.key or any(k not in present for k in contract.key):
         return []
     keys = ", ".join(_quoted(k) for k in contract.key)
@@ -243,11 +244,31 @@ def duplicate_key_findings(con: duckdb.DuckDBPyConnection, view: str, contract: 
     found: dict[date, list] = {}
     for month, *key, variants, row_numbers in rows:
         found.setdefault(month, []).append((tuple(key), variants, row_numbers))
-    return [Finding(
-        contract.name, month, "duplicate_key", ", ".join(contract.key),
-        f"{len(hits)} keys ({', '.join(contract.key)}) have rows with different values, e.g. "
-        f"{hits[0][0]} at data rows {hits[0][2][0]} and {hits[0][2][1]}",
-        {"duplicate_keys": len(hits)}) for month, hits in found.items()]
+    findings = []
+    for month, hits in found.items():
+        key, _, (first, second) = hits[0][0], hits[0][1], hits[0][2][:2]
+        differing = _differing_columns(con, view, present, first, second)
+        findings.append(Finding(
+            contract.name, month, "duplicate_key", ", ".join(contract.key),
+            f"{len(hits)} keys ({', '.join(contract.key)}) have more than one row in the month "
+            f"with different values, e.g. {key} at data rows {first} and {second}, differing in "
+            f"{differing}; one row per key and month is expected (a daily extract with several "
+            f"snapshots in a month? keep the month-end one)", {"duplicate_keys": len(hits)}))
+    return findings
+
+
+def _differing_columns(con: duckdb.DuckDBPyConnection, view: str, present: list[str],
+                       first: int, second: int) -> str:
+    """`column 'a' vs 'b'` for each source column in which two data rows differ."""
+    columns = [c for c in present if not c.startswith("_")]
+    values = con.execute(
+        f"SELECT {', '.join(_quoted(c) for c in columns)} FROM {view} "
+        f"WHERE _row_number IN ($first, $second) ORDER BY _row_number",
+        {"first": first, "second": second}).fetchall()
+    if len(values) < 2:
+        return "some column"
+    return ", ".join(f"{column} {a!r} vs {b!r}" for column, a, b
+                     in zip(columns, values[0], values[1], strict=True) if a != b)
 
 
 def validate(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract,

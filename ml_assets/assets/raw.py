@@ -3,20 +3,27 @@
 Every month is checked against the source's data contract before anything is published: a
 missing or retyped column, a key with rows that differ, or a month without rows that should have
 some, stops the run with a message naming the file, the month and the column, and leaves the
-published months as they were.
+published months as they were. The first raw step of a run checks every source the run ingests
+(and records what it found for the others), so a bad file in one source stops the run before
+any raw month of another source is replaced: a failed run changes no published month.
 """
 
-from datetime import UTC, datetime
+import json
+import os
+import time
+from dataclasses import asdict
+from datetime import UTC, date, datetime
+from pathlib import Path
 
 import dagster as dg
 
 from ml_assets.assets.lake import RESULT, compute, describe_table, monthly_asset, publish
 from ml_assets.checks import evaluation, materialized, spec
-from ml_assets.contracts import ContractError, blocking, contracts, validate_source
+from ml_assets.contracts import ContractError, Finding, blocking, contracts, validate_source
 from ml_assets.metadata import markdown_table
 from ml_assets.partitions import run_months
 from ml_assets.tables import RAW_TABLES, asset_key
-from resources.sources import Sources
+from resources.sources import Sources, StagedSource
 from resources.warehouse import Table, Warehouse
 
 # check name -> (the finding kinds it covers, blocking, description). A failing check is an
@@ -52,6 +59,81 @@ def contract_evaluations(check_specs: dict[str, dg.AssetCheckSpec], findings, fi
     return evaluations
 
 
+RUN_RECORD_DAYS = 2  # run records older than this are removed
+
+
+def _ingested_sources(context: dg.AssetExecutionContext) -> list[str]:
+    """The sources whose raw asset this run materialises (all four when the run has no asset
+    selection: Dagster records an empty one for a whole job)."""
+    selected = context.run.asset_selection
+    return [name for name, table in RAW_TABLES.items()
+            if not selected or asset_key(table) in selected]
+
+
+def _record_path(warehouse: Warehouse, run_id: str) -> Path:
+    return warehouse.root / "_staging" / "runs" / f"{run_id}.json"
+
+
+Checked = dict[str, tuple[StagedSource, dict[date, list[Finding]]]]
+
+
+def run_sources(context: dg.AssetExecutionContext, warehouse: Warehouse, sources: Sources,
+                months: list[date]) -> Checked:
+    """Every source this run ingests, staged and checked against its contract for `months`,
+    once per run: the first raw step does it and records the staged copies and findings under
+    `<warehouse>/_staging/runs/<run_id>.json`; the run's other raw steps (in this process or
+    another) read that record, so all of them ingest the same file versions and each file is
+    read once. Returns source -> (staged copy, findings by month)."""
+    path = _record_path(warehouse, context.run_id)
+    recorded = _load_record(path, months)
+    if recorded is not None:
+        return recorded
+    checked: Checked = {}
+    with warehouse.connect() as con:
+        for name in _ingested_sources(context):
+            contract = contracts().get(name)
+            if contract is None:
+                raise ContractError(f"config/contracts.yaml has no contract for {name}")
+            staged = sources.stage(name)
+            checked[name] = (staged, validate_source(con, staged, contract, months))
+    _save_record(path, months, checked)
+    return checked
+
+
+def _save_record(path: Path, months: list[date], checked: Checked) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob("*.json"):
+        if time.time() - old.stat().st_mtime > RUN_RECORD_DAYS * 86400:
+            old.unlink(missing_ok=True)
+    record = {"months": [m.isoformat() for m in months], "sources": {
+        name: {"staged": asdict(staged),
+               "findings": [asdict(f) for month in months for f in findings.get(month, [])]}
+        for name, (staged, findings) in checked.items()}}
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(record, default=str))
+    os.replace(partial, path)
+
+
+def _load_record(path: Path, months: list[date]) -> Checked | None:
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record["months"] != [m.isoformat() for m in months]:
+        return None
+    checked: Checked = {}
+    for name, entry in record["sources"].items():
+        staged = entry["staged"]
+        staged = StagedSource(**{**staged, "file": Path(staged["file"]),
+                                 "staged": Path(staged["staged"]),
+                                 "columns": tuple(staged["columns"])})
+        findings: dict[date, list[Finding]] = {month: [] for month in months}
+        for found in entry["findings"]:
+            month = date.fromisoformat(found["month"])
+            findings[month].append(Finding(**{**found, "month": month}))
+        checked[name] = (staged, findings)
+    return checked
+
+
 def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
     check_specs = {name: spec(asset_key(table), name, description, blocking=stops)
                    for name, (_, stops, description) in CONTRACT_CHECKS.items()}
@@ -59,19 +141,18 @@ def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
     @monthly_asset(**describe_table(table, checks=check_specs.values()))
     def raw_asset(context: dg.AssetExecutionContext, warehouse: Warehouse, sources: Sources):
         months = run_months(context)
-        contract = contracts().get(source_name)
-        if contract is None:
-            raise ContractError(f"config/contracts.yaml has no contract for {source_name}")
-        staged = sources.stage(source_name)
+        checked = run_sources(context, warehouse, sources, months)
+        staged, findings = checked[source_name]
         with warehouse.connect() as con:
-            findings = validate_source(con, staged, contract, months)
             evaluations = contract_evaluations(check_specs, findings, staged.file.name)
-            stopping = blocking(findings)
+            stopping = [(other.file.name, f) for other, other_findings in checked.values()
+                        for f in blocking(other_findings)]
             if stopping:
                 yield from evaluations
                 raise ContractError(
-                    "\n".join(f.describe(staged.file.name) for f in stopping)
-                    + f"\n{staged.file}: nothing ingested; published months are unchanged")
+                    "\n".join(f.describe(file_name) for file_name, f in stopping)
+                    + "\nnothing ingested: the run stops before its first write, so every "
+                      "published month is unchanged")
             con.read_parquet(str(staged.staged)).create_view("source")
             compute(con, "raw/source_rows", {
                 "source_file": str(staged.file),
