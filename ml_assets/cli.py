@@ -41,11 +41,33 @@ def _print_summary(summary) -> None:
         print(f"vintage: {error}", file=sys.stderr)
 
 
+def _arrival_pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """`SOURCE@YYYY-MM` values of a generate option as {source: month}."""
+    from ml_assets.runner import UsageError
+
+    pairs = {}
+    for value in values or []:
+        source, at, month = value.partition("@")
+        if not at:
+            raise UsageError(f"{option} {value!r}: expected SOURCE@YYYY-MM, e.g. "
+                             f"feature_clickstream@2024-07")
+        pairs[source] = month
+    return pairs
+
+
 def cmd_generate(args) -> int:
-    from ml_assets.demo.generator import generate
+    from ml_assets.demo.generator import Arrivals, generate
+    from ml_assets.runner import UsageError
 
     started = time.monotonic()
-    paths = generate(args.out, scale=args.scale, seed=args.seed, shift_month=args.shift_month)
+    try:
+        arrivals = Arrivals(stops_covering=_arrival_pairs(args.stops_covering, "--stops-covering"),
+                            ends=_arrival_pairs(args.ends, "--ends"),
+                            corrected=_arrival_pairs(args.corrected, "--corrected"))
+        paths = generate(args.out, scale=args.scale, seed=args.seed,
+                         shift_month=args.shift_month, arrivals=arrivals)
+    except ValueError as error:  # the generator refuses a bad month or source by name
+        raise UsageError(str(error)) from None
     for path in paths.values():
         print(path)
     print(f"generated in {time.monotonic() - started:.1f} s")
@@ -147,6 +169,15 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=42)
     generate.add_argument("--shift-month", default="2024-07",
                           help="population shift from this application month (YYYY-MM)")
+    generate.add_argument("--stops-covering", action="append", metavar="SOURCE@YYYY-MM",
+                          help="the source has no rows for customers applying from the month "
+                               "on (a feed that stops covering new applicants); repeatable")
+    generate.add_argument("--ends", action="append", metavar="SOURCE@YYYY-MM",
+                          help="the source's last snapshot month (a feed that lands late); "
+                               "repeatable")
+    generate.add_argument("--corrected", action="append", metavar="SOURCE@YYYY-MM",
+                          help="re-issue one value of the source's month (a corrected file, "
+                               "same byte size); repeatable")
     generate.set_defaults(handler=cmd_generate)
 
     def add_paths(command, source=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -71,6 +72,78 @@ LAST_NAMES = ("Adams", "Baker", "Cohen", "Dubois", "Evans", "Fischer", "Garcia",
               "Rossi", "Schmidt", "Tanaka", "Usman", "Varga", "Wong", "Xu", "Yilmaz", "Zhang")
 BAD_SSN, BAD_OCCUPATION, BAD_BEHAVIOUR = "#F%$D@*&8", "_______", "!@9#%8"
 INVESTED_SENTINEL, BALANCE_SENTINEL = "__10000__", "-333333333333333333333333333"
+
+
+# The value a correction re-issues, per source: its first digit goes up by one (same byte size).
+CORRECTED_COLUMN = {"lms_loan_daily": "balance", "feature_clickstream": "fe_1",
+                    "features_attributes": "Age", "features_financials": "Annual_Income"}
+FEATURE_SOURCES = ("feature_clickstream", "features_attributes", "features_financials")
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """How the files arrive, beside the data itself: the faults of real monthly feeds. Each maps
+    a source name to a month `YYYY-MM`; empty (the default): every feed complete.
+
+    - stops_covering: the source has no row at all for customers who apply from the month on
+      (it still has its rows for earlier applicants): a feed that stops covering new applicants
+      (attributes, financials or clickstream);
+    - ends: the source's last snapshot month is this one (a feed that lands late or stops);
+    - corrected: the first row of the month carries a re-issued value (one digit of
+      CORRECTED_COLUMN's value goes up by one, same byte size): a corrected file.
+    """
+
+    stops_covering: dict[str, str] = field(default_factory=dict)
+    ends: dict[str, str] = field(default_factory=dict)
+    corrected: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for kind, allowed in (("stops_covering", FEATURE_SOURCES), ("ends", SOURCE_NAMES),
+                              ("corrected", SOURCE_NAMES)):
+            for source, month in getattr(self, kind).items():
+                if source not in allowed:
+                    raise ValueError(f"{kind}: source {source!r} is not one of "
+                                     f"{', '.join(allowed)}")
+                _month_index(_parse_month(month, kind))
+
+    def month_index(self, kind: str, source: str) -> int | None:
+        month = getattr(self, kind).get(source)
+        return None if month is None else _month_index(_parse_month(month, kind))
+
+
+def _parse_month(text: str, what: str) -> date:
+    try:
+        return date.fromisoformat(f"{text[:7]}-01")
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: {text!r} is not a month YYYY-MM") from None
+
+
+def _arrive(name: str, frame: pl.DataFrame, arrivals: Arrivals, ids: np.ndarray,
+            start: np.ndarray) -> pl.DataFrame:
+    """A chunk's rows of source `name` as they arrive: without the customers it stopped
+    covering, and without the months after it ends."""
+    stop = arrivals.month_index("stops_covering", name)
+    if stop is not None:
+        frame = frame.filter(~pl.col("Customer_ID").is_in(ids[start >= stop].tolist()))
+    end = arrivals.month_index("ends", name)
+    if end is not None:
+        frame = frame.filter(pl.col("snapshot_date") <= _month_date(end))
+    return frame
+
+
+def _correct(name: str, frame: pl.DataFrame, month: int) -> tuple[pl.DataFrame, str | None]:
+    """The chunk with the first row of `month` corrected, and a line saying what changed (None
+    when the chunk has no row of the month whose value can be corrected)."""
+    column = CORRECTED_COLUMN[name]
+    rows = frame.with_row_index("_index").filter(pl.col("snapshot_date") == _month_date(month))
+    for index, value in zip(rows["_index"], rows[column], strict=True):
+        text = "" if value is None else str(value)
+        if text[:1] in "12345678" and text:
+            new = str(int(text[0]) + 1) + text[1:]
+            values = frame[column].cast(pl.String).scatter(index, new)
+            frame = frame.with_columns(values.cast(frame[column].dtype).alias(column))
+            return frame, f"{name} {_month_date(month):%Y-%m}: {column} {text} -> {new}"
+    return frame, None
 
 
 def demo_month_range() -> tuple[date, date]:
@@ -317,7 +390,7 @@ def _customers(rng: np.random.Generator, dirt: np.random.Generator, ids: np.ndar
 
 
 def _chunk(seed: int, index: int, first: int, count: int, total: int,
-           shift: int) -> dict[str, pl.DataFrame]:
+           shift: int, arrivals: Arrivals) -> dict[str, pl.DataFrame]:
     """All four files' rows for customers first .. first + count - 1 of `total`."""
     rng = np.random.default_rng([seed, index, 0])
     dirt = np.random.default_rng([seed, index, 1])
@@ -326,25 +399,30 @@ def _chunk(seed: int, index: int, first: int, count: int, total: int,
     ids = np.strings.mod("CUS_0x%x", numbers + FIRST_CUSTOMER_NUMBER)
     z, fe, bad = _latent(rng, start >= shift)
     attributes, financials = _customers(rng, dirt, ids, start, z, index == 0)
-    return {
+    frames = {
         "lms_loan_daily": _lms(ids, start, _payments(rng, bad)),
         "feature_clickstream": _clickstream(rng, ids, fe),
         "features_attributes": attributes,
         "features_financials": financials,
     }
+    return {name: _arrive(name, frame, arrivals, ids, start) for name, frame in frames.items()}
 
 
 def generate(out_dir: str | Path, scale: float = 1.0, seed: int = 42, shift_month: str = "2024-07",
-             progress: bool | None = None) -> dict[str, Path]:
+             progress: bool | None = None, arrivals: Arrivals | None = None) -> dict[str, Path]:
     """Writes the four CSV files into out_dir and returns {source_name: path}.
 
     Chunks of customers are appended to hidden temporary files, renamed into place at the end.
-    An empty shift_month means no drift.
+    An empty shift_month means no drift. `arrivals` reproduces how real feeds arrive (a feed
+    that stops covering new applicants, ends early, or re-issues a month); the data is the same
+    as without it, apart from those rows. Raises ValueError for a bad month or source.
     """
+    arrivals = arrivals or Arrivals()
+    to_correct = {name: arrivals.month_index("corrected", name) for name in arrivals.corrected}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = max(round(LOANS_PER_COHORT_AT_1X * COHORTS * scale), COHORTS)
-    shift = _month_index(date.fromisoformat(shift_month[:7] + "-01")) if shift_month else 10**9
+    shift = _month_index(_parse_month(shift_month, "shift_month")) if shift_month else 10**9
     progress = scale >= 5 if progress is None else progress
     chunks = range(0, total, CHUNK_CUSTOMERS)
     paths = {name: out / f"{name}.csv" for name in SOURCE_NAMES}
@@ -354,7 +432,13 @@ def generate(out_dir: str | Path, scale: float = 1.0, seed: int = 42, shift_mont
             files = {name: stack.enter_context(open(temps[name], "wb")) for name in SOURCE_NAMES}
             for index, first in enumerate(chunks):
                 count = min(CHUNK_CUSTOMERS, total - first)
-                for name, frame in _chunk(seed, index, first, count, total, shift).items():
+                for name, frame in _chunk(seed, index, first, count, total, shift,
+                                          arrivals).items():
+                    if to_correct.get(name) is not None:
+                        frame, change = _correct(name, frame, to_correct[name])
+                        if change:
+                            print(f"corrected {change}", file=sys.stderr)
+                            to_correct[name] = None
                     frame.write_csv(files[name], include_header=index == 0)
                 if progress:
                     bar = "#" * ((index + 1) * 30 // len(chunks))
