@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-PARAMS = {"floor": 1e-4, "watch": 0.1, "act": 0.25, "month": "2024-07-01",
+PARAMS = {"floor": 1e-4, "watch": 0.1, "act": 0.25, "outage": 0.3, "outage_variables": [],
+          "month": "2024-07-01",
           "model_version": "m-2024-01"}
 
 
@@ -101,3 +102,48 @@ def test_bands(transform, shift, band):
     actual = rng.normal(shift, 1, 20000)
     rows = stability(transform, {"x": reference}, {"x": actual}, ["x"])
     assert rows["x"]["band"] == band
+
+
+def test_missing_shares_are_reported_on_their_own(transform):
+    reference = {"x": [1.0] * 8 + [None] * 2, "c": ["a"] * 10}
+    actual = {"x": [2.0] * 6 + [None] * 4, "c": ["a"] * 9 + [None]}
+    rows = stability(transform, reference, actual, ["x"], ["c"])
+    assert (rows["x"]["reference_missing_share"], rows["x"]["actual_missing_share"]) == (0.2, 0.4)
+    assert (rows["c"]["reference_missing_share"], rows["c"]["actual_missing_share"]) == (0.0, 0.1)
+    assert rows["x"]["band"] == "act"  # 20 points more missing: below the 30-point outage rule
+
+
+@pytest.mark.parametrize("actual_missing,band", [(0.57, "act"), (0.59, "outage"), (1.0, "outage")])
+def test_a_feature_missing_far_more_often_than_in_the_reference_is_an_outage(
+        transform, actual_missing, band):
+    present = round(100 * (1 - actual_missing))
+    reference = {"x": [float(v) for v in range(72)] + [None] * 28}
+    actual = {"x": [float(v) for v in range(present)] + [None] * (100 - present)}
+    rows = stability(transform, reference, actual, ["x"])
+    assert rows["x"]["actual_missing_share"] == pytest.approx(actual_missing)
+    assert rows["x"]["band"] == band
+
+
+def test_the_features_of_a_failing_source_are_an_outage_even_without_nulls(transform):
+    # a count feature of a stopped feed is 0, not NULL
+    rows = transform("monitoring/stability", {
+        "reference_rows": pa.table({"clickstream_months": [3] * 7 + [0] * 3, "age": [30] * 10}),
+        "actual_rows": pa.table({"clickstream_months": [0] * 10, "age": [30] * 10})},
+        {**PARAMS, "numeric": ["clickstream_months", "age"], "categorical": [],
+         "outage_variables": ["clickstream_months"]})
+    bands = {row["variable"]: row["band"] for row in rows}
+    assert bands == {"clickstream_months": "outage", "age": "stable"}
+
+
+@pytest.mark.parametrize("reference,actual", [
+    ([None] * 10, [1.0] * 10),            # no value in the reference
+    ([1.0] * 10, [None] * 10),            # no value in the month
+    ([5.0] * 10, [5.0] * 10),             # constant on both sides
+    ([5.0] * 10, [7.0] * 3),              # single-valued, a handful of loans
+    ([1.0, 2.0, 3.0], [2.0]),             # one loan
+])
+def test_degenerate_columns_give_a_finite_psi(transform, reference, actual):
+    rows = stability(transform, {"x": pa.array(reference, pa.float64())},
+                     {"x": pa.array(actual, pa.float64())}, ["x"])
+    assert math.isfinite(rows["x"]["psi"])
+    assert rows["x"]["band"] in ("stable", "watch", "act", "outage")

@@ -449,7 +449,7 @@ def drift_rows(snapshot, month: date, version: str) -> list[dict]:
     return rows
 
 
-def testable_columns(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
+def columns_to_test(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
                      ) -> tuple[list[str], dict[str, str]]:
     """The columns a drift test can compare, and why each other one cannot: a column with no
     value on one side (evidently refuses it; for the month it is a data outage, which
@@ -489,7 +489,7 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> Non
                 continue
             numeric, categorical = feature_kinds(record, THRESHOLDS.drift_report_features)
             reference = con.execute("SELECT * FROM reference_rows").df()
-            tested, notes = testable_columns(reference, current, [SCORE, *numeric, *categorical])
+            tested, notes = columns_to_test(reference, current, [SCORE, *numeric, *categorical])
             untested = [{"month": month, "model_version": record["model_version"],
                          "column_name": column, "method": None, "threshold": None,
                          "value": None, "drifted": None, "note": note}
