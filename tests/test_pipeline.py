@@ -21,6 +21,9 @@ from resources.model_store import ModelStore
 from resources.sources import Sources
 from resources.warehouse import Warehouse
 
+# one xdist worker builds the demo warehouse once and runs every test of it
+pytestmark = pytest.mark.xdist_group("pipeline")
+
 SCALE = 1  # the demo itself: 12,500 customers, 500 loans a month, drift from 2024-07
 SHIFT = date(2024, 7, 1)
 
