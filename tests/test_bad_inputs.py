@@ -13,6 +13,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from ml_assets.definitions import build_definitions
 from ml_assets.demo.generator import generate
+from ml_assets.runner import RANGE_END, RANGE_START
+from resources.model_store import ModelStore
+from resources.sources import Sources
+from resources.warehouse import Warehouse
 from tests.conftest import VINTAGE, run_vintage
 
 pytestmark = pytest.mark.slow
@@ -132,8 +138,26 @@ def mutate(folder: Path, case: str) -> None:
             rows.append({**twin, "Annual_Income": "1.0"})
             return pa.Table.from_pylist(rows, schema=table.schema)
         rewrite_csv(financials, duplicate)
+    elif case.startswith("second_snapshot_in_a_month:"):
+        add_mid_month_snapshot(folder / f"{case.split(':')[1]}.csv")
     else:
         raise ValueError(case)
+
+
+# a second, mid-month snapshot of a key in 2023-03 (a daily extract), one value changed
+MID_MONTH_CHANGE = {"lms_loan_daily": "overdue_amt", "feature_clickstream": "fe_1",
+                    "features_attributes": "Age", "features_financials": "Annual_Income"}
+
+
+def add_mid_month_snapshot(path: Path) -> None:
+    column = MID_MONTH_CHANGE[path.stem]
+
+    def duplicate(table):
+        rows = table.to_pylist()
+        twin = next(r for r in rows if r["snapshot_date"] == "2023-03-01")
+        rows.append({**twin, "snapshot_date": "2023-03-15", column: "7"})
+        return pa.Table.from_pylist(rows, schema=table.schema)
+    rewrite_csv(path, duplicate)
 
 
 CASES = {
@@ -152,9 +176,15 @@ CASES = {
                            "new column AnnualIncome"]),
     "day_first_dates": (1, ["features_attributes.csv: column snapshot_date:",
                             "'13/02/2023'", "day-first"]),
-    "duplicate_key_different_values": (1, ["features_financials.csv 2023-03:",
-                                           "(Customer_ID, snapshot_date) have rows with "
-                                           "different values"]),
+    "duplicate_key_different_values": (1, ["features_financials.csv 2023-03: 1 keys "
+                                           "(Customer_ID) have more than one row in the month "
+                                           "with different values", "differing in "
+                                           "Annual_Income"]),
+    **{f"second_snapshot_in_a_month:{source}": (1, [
+        f"{source}.csv 2023-03: 1 keys ({'loan_id' if source.startswith('lms') else 'Customer_ID'})"
+        f" have more than one row in the month", f"{column} ", "snapshot_date '2023-03-01' vs "
+        "'2023-03-15'", "nothing was run; published months are unchanged"])
+       for source, column in MID_MONTH_CHANGE.items()},
 }
 
 
@@ -169,6 +199,29 @@ def test_bad_input_stops_with_a_clear_message_and_changes_nothing(base, publishe
     for fragment in fragments:
         assert fragment in done.stderr, (fragment, done.stderr)
     assert "Traceback" not in done.stderr
+    assert checksums(published) == before
+
+
+def test_a_run_started_as_the_ui_does_stops_before_its_first_write(base, published):
+    """No `vintage run` preflight: the job as the UI or a schedule launches it. The first raw
+    step checks every source the run ingests, so the bad lms file stops every raw step and
+    not one published month changes, in any layer."""
+    before = checksums(published)
+    folder = case_folder(base, "ui_run_with_a_bad_source")
+    add_mid_month_snapshot(folder / "lms_loan_daily.csv")
+    definitions = build_definitions({
+        "warehouse": Warehouse(path=str(published)),
+        "sources": Sources(folder=str(folder), staging_dir=str(published / "_staging/sources")),
+        "model_store": ModelStore(path=str(published / "ml/artifacts"))})
+    result = definitions.resolve_job_def("monthly_pipeline").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        tags={RANGE_START: "2023-01-01", RANGE_END: "2023-04-01"})
+    assert not result.success
+    failures = {event.step_key: event.event_specific_data.error.cause.message
+                for event in result.all_events if event.is_step_failure}
+    assert set(failures) == {f"raw__{name}" for name in MID_MONTH_CHANGE}
+    assert all("lms_loan_daily.csv 2023-03: 1 keys (loan_id)" in text
+               for text in failures.values())
     assert checksums(published) == before
 
 

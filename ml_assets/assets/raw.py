@@ -84,7 +84,7 @@ def run_sources(context: dg.AssetExecutionContext, warehouse: Warehouse, sources
     `<warehouse>/_staging/runs/<run_id>.json`; the run's other raw steps (in this process or
     another) read that record, so all of them ingest the same file versions and each file is
     read once. Returns source -> (staged copy, findings by month)."""
-    path = _record_path(warehouse, context.run_id)
+    path = _record_path(warehouse, context.run.run_id)
     recorded = _load_record(path, months)
     if recorded is not None:
         return recorded
