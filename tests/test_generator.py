@@ -391,3 +391,65 @@ def test_features_predict_the_label(applications):
     scores = model.predict_proba(features[~train])[:, 1]
     auc = roc_auc_score(applications.label[~train], scores)
     assert auc > 0.7, auc
+
+
+# -- arrivals: the faults of real feeds -------------------------------------------------------
+
+def read_text(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("plain"), scale=0.2, seed=9)
+
+
+@pytest.mark.parametrize("source", generator.FEATURE_SOURCES)
+def test_a_feed_that_stops_covering_new_applicants(plain, tmp_path, source):
+    arrivals = generator.Arrivals(stops_covering={source: "2024-07"})
+    paths = generate(tmp_path, scale=0.2, seed=9, arrivals=arrivals)
+    applications = read_text(plain["features_attributes"])
+    late = set(applications.loc[applications["snapshot_date"] >= "2024-07-01", "Customer_ID"])
+    before, after = read_text(plain[source]), read_text(paths[source])
+    assert late and not set(after["Customer_ID"]) & late
+    expected = before[~before["Customer_ID"].isin(late)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(after, expected)
+    for other in set(SOURCE_NAMES) - {source}:  # the other files are the same bytes
+        assert paths[other].read_bytes() == plain[other].read_bytes()
+
+
+@pytest.mark.parametrize("source", SOURCE_NAMES)
+def test_a_feed_that_ends_early(plain, tmp_path, source):
+    paths = generate(tmp_path, scale=0.2, seed=9,
+                     arrivals=generator.Arrivals(ends={source: "2023-06"}))
+    before, after = read_text(plain[source]), read_text(paths[source])
+    assert after["snapshot_date"].max() == "2023-06-01"
+    pd.testing.assert_frame_equal(
+        after, before[before["snapshot_date"] <= "2023-06-01"].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("source", SOURCE_NAMES)
+def test_a_corrected_month_changes_one_value_and_keeps_the_size(plain, tmp_path, source):
+    paths = generate(tmp_path, scale=0.2, seed=9,
+                     arrivals=generator.Arrivals(corrected={source: "2023-03"}))
+    assert paths[source].stat().st_size == plain[source].stat().st_size
+    before, after = read_text(plain[source]), read_text(paths[source])
+    changed = (before != after).any(axis=1)
+    assert changed.sum() == 1
+    row = changed.idxmax()
+    column = generator.CORRECTED_COLUMN[source]
+    assert after.loc[row, "snapshot_date"] == "2023-03-01"
+    assert (before != after).loc[row].tolist().count(True) == 1
+    old, new = before.loc[row, column], after.loc[row, column]
+    assert int(new[0]) == int(old[0]) + 1 and new[1:] == old[1:]
+
+
+@pytest.mark.parametrize("arrivals,message", [
+    ({"stops_covering": {"lms_loan_daily": "2024-07"}}, "stops_covering: source "
+                                                        "'lms_loan_daily' is not one of"),
+    ({"ends": {"features": "2024-07"}}, "ends: source 'features' is not one of"),
+    ({"corrected": {"features_attributes": "2024-13"}}, "corrected: '2024-13' is not a month"),
+])
+def test_arrivals_refuse_an_unknown_source_or_month(arrivals, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generator.Arrivals(**arrivals)
