@@ -184,9 +184,8 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
 
 
 def refresh_catalog() -> bool:
-    """Recreate every table's view in the catalog (best effort, see Warehouse.refresh_catalog)."""
+    """Rebuild the catalog: a view per table of the lake (see Warehouse.refresh_catalog)."""
     from ml_assets.definitions import build_resources
     from ml_assets.settings import settings
-    from ml_assets.tables import all_tables
 
-    return build_resources(settings())["warehouse"].refresh_catalog(all_tables())
+    return build_resources(settings())["warehouse"].refresh_catalog()
