@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pty
+import re
 import shutil
 import socket
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -235,3 +238,76 @@ def test_dagster_cli_backfills_a_range_in_one_run(tmp_path):
     published = sorted(p.name for p in (tmp_path / "wh" / "silver" / "loan_daily").iterdir()
                        if p.name.startswith("month="))
     assert published == ["month=2023-01", "month=2023-02", "month=2023-03"]
+
+
+# --- progress of a run -----------------------------------------------------------------------
+
+PROGRESS_RUN = ["--from", "2023-01", "--to", "2023-02", "--select",
+                "group:raw or key:silver/loan_daily"]
+# five assets and the step of Dagster's column schema checks
+STEP_LINE = re.compile(r"\[(\d)/6\] ([a-z_]+/[a-z_]+) 2023-01\.\.2023-02 \.\.\. (\d+\.\d) s")
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("progress") / "source"
+    generate(folder, scale=0.02, seed=12)
+    return folder
+
+
+def test_run_progress_in_a_pipe_is_a_line_per_step_as_it_ends(small_source, tmp_path):
+    """Not a terminal (CI logs, `| tee`): each step's line is written as the step runs, and the
+    summary table follows as before."""
+    process = subprocess.Popen(
+        [VINTAGE, "run", "--source", str(small_source), "--warehouse", str(tmp_path / "wh"),
+         *PROGRESS_RUN], env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arrived = []
+    for line in process.stdout:
+        arrived.append((time.monotonic(), line.rstrip("\n")))
+    process.wait(600)
+    ended = time.monotonic()
+    assert process.returncode == 0, process.stderr.read()
+    lines = [line for _, line in arrived]
+    steps = [STEP_LINE.fullmatch(line) for line in lines[:6]]
+    assert all(steps), lines[:7]
+    assert [int(m.group(1)) for m in steps] == [1, 2, 3, 4, 5, 6]
+    assert {m.group(2) for m in steps} == {
+        "raw/lms_loan_daily", "raw/feature_clickstream", "raw/features_attributes",
+        "raw/features_financials", "silver/loan_daily", "checks/column_schema_changes"}
+    assert lines[6].endswith("succeeded for months 2023-01..2023-02")
+    assert lines[7].split() == ["asset", "seconds"]
+    assert "\x1b" not in "\n".join(lines)
+    # the first step's line came while the run was going, not with the summary at the end
+    assert ended - arrived[0][0] > 1.0
+
+
+def test_run_progress_on_a_terminal_is_a_bar(small_source, tmp_path):
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [VINTAGE, "run", "--source", str(small_source), "--warehouse", str(tmp_path / "wh"),
+         *PROGRESS_RUN],
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "COLUMNS": "120",
+             "TERM": "xterm-256color"},
+        stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(primary)
+        process.wait(600)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text[-3000:]
+    assert "\x1b[" in text and "━" in text  # the bar, redrawn in place
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert re.search(r"raw/\w+ 2023-01\.\.2023-02 [━╸╺]+ [0-6]/6 ", plain)  # step, bar, count
+    assert len(STEP_LINE.findall(plain)) == 6  # each finished step printed above the bar
+    assert "succeeded for months 2023-01..2023-02" in plain
