@@ -220,3 +220,15 @@ def test_the_cli_queries_the_catalog_during_and_after_a_run(tmp_path):
                               "duckdb_views() WHERE NOT internal ORDER BY 1")
     assert [v["name"] for v in views] == sorted(warehouse.catalog_views())
     assert {"ml.model_registry", "monitoring.summary"} <= {v["name"] for v in views}
+
+
+def test_vintage_catalog_refresh_migrates_an_old_catalog(tmp_path):
+    warehouse = Warehouse(path=str(tmp_path / "wh"))
+    publish(warehouse, TABLE, [(1, JAN, "a")], [JAN])
+    write_catalog_in_duckdb_2_format(warehouse, {})
+    done = run_vintage("catalog", "refresh", "--warehouse", str(tmp_path / "wh"),
+                       env={"DAGSTER_HOME": str(tmp_path / "home")}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"catalog refreshed: {warehouse.catalog_path}" in done.stdout
+    assert catalog_storage_number(warehouse.catalog_path) == CATALOG_STORAGE_NUMBER
+    assert cli_rows(warehouse.catalog_path, "SELECT id FROM gold.example") == [{"id": 1}]
