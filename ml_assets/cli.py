@@ -194,17 +194,19 @@ def _progress() -> Iterator[Callable]:
         yield _print_step_lines
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
     from rich.text import Text
 
-    class StepSeconds(TextColumn):
+    class StepSeconds(ProgressColumn):
+        """How long the current step has been running."""
+
         def render(self, task):
             since = task.fields.get("since")
             seconds = "" if since is None else f"{time.monotonic() - since:5.1f} s"
             return Text(seconds)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        StepSeconds(""), console=Console(file=sys.stdout), transient=True)
+                        StepSeconds(), console=Console(file=sys.stdout), transient=True)
     task = None
 
     def on_step(event) -> None:
@@ -376,13 +378,21 @@ def cmd_ui(args) -> int:
     _check_listen_address(args.host, args.port)
     from ml_assets.runner import ensure_dagster_home
     from ml_assets.settings import PROJECT_ROOT
-    from resources.warehouse import CATALOG_STORAGE_NUMBER, Warehouse, catalog_storage_number
+    from resources.warehouse import (
+        CATALOG_STORAGE_NUMBER,
+        Warehouse,
+        WarehouseError,
+        catalog_storage_number,
+    )
 
     ensure_dagster_home()
     warehouse = Warehouse(path=str(config.warehouse))
     if warehouse.catalog_path.exists() and \
             catalog_storage_number(warehouse.catalog_path) != CATALOG_STORAGE_NUMBER:
-        warehouse.refresh_catalog()  # a catalog an older version wrote: readable by all again
+        try:  # a catalog an older version wrote: readable by every DuckDB again
+            warehouse.refresh_catalog()
+        except WarehouseError as error:
+            print(f"vintage ui: {error}", file=sys.stderr)
     workspace = PROJECT_ROOT / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "ml_assets.definitions"]
     dagster = Path(sys.executable).parent / "dagster"
@@ -543,13 +553,14 @@ def main(argv: list[str] | None = None) -> int:
     from ml_assets.runner import UsageError
     from ml_assets.settings import SettingsError
     from resources.sources import SourceError
+    from resources.warehouse import WarehouseError
 
     try:
         return args.handler(args)
     except (ArgumentError, UsageError, MonthError, SettingsError) as error:
         print(f"vintage: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except SourceError as error:
+    except (SourceError, WarehouseError) as error:
         print(f"vintage: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
