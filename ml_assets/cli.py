@@ -95,12 +95,13 @@ def _folder_to_write(text: str) -> Path:
     """A folder that exists, or can be made: no part of the path is a file."""
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: a file, not a folder")
+        raise argparse.ArgumentTypeError(f"{text} is not writable: a file, not a folder")
     parent = next(p for p in path.absolute().parents if p.exists()) if not path.exists() else path
     if not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+        raise argparse.ArgumentTypeError(
+            f"{text} is not writable: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text}: {parent} is not writable")
+        raise argparse.ArgumentTypeError(f"{text} is not writable: no permission on {parent}")
     return path
 
 

@@ -82,6 +82,8 @@ def places(tmp_path_factory) -> dict[str, str]:
 
 # (arguments, what stderr must say); every one exits 2 without a traceback. Upper-case words
 # are paths from `places`.
+FILE_NOT_FOLDER = "FILE is not writable: a file, not a folder"
+UNDER_FILE = "UNDER_FILE is not writable: FILE is a file, not a folder"
 BAD_ARGUMENTS = [
     # generate
     (["generate", "--out", "OUT", "--scale", "-1"],
@@ -100,8 +102,8 @@ BAD_ARGUMENTS = [
      "argument --shift-month: '2024-13' is not a month"),
     (["generate", "--out", "OUT", "--shift-month", "July"],
      "argument --shift-month: 'July' is not a month"),
-    (["generate", "--out", "FILE"], "argument --out: FILE: a file, not a folder"),
-    (["generate", "--out", "UNDER_FILE"], "argument --out: UNDER_FILE: FILE is a file"),
+    (["generate", "--out", "FILE"], f"argument --out: {FILE_NOT_FOLDER}"),
+    (["generate", "--out", "UNDER_FILE"], f"argument --out: {UNDER_FILE}"),
     (["generate"], "the following arguments are required: --out"),
     # run
     (["run", "--from", "2024-13"], "argument --from: '2024-13' is not a month"),
@@ -113,8 +115,8 @@ BAD_ARGUMENTS = [
     (["run", "--select", "key:(gold"], "--select 'key:(gold'"),
     (["run", "--source", "MISSING"], "argument --source: MISSING: no such folder"),
     (["run", "--source", "FILE"], "argument --source: FILE: not a folder"),
-    (["run", "--warehouse", "FILE"], "argument --warehouse: FILE: a file, not a folder"),
-    (["run", "--warehouse", "UNDER_FILE"], "argument --warehouse: UNDER_FILE: FILE is a file"),
+    (["run", "--warehouse", "FILE"], f"argument --warehouse: {FILE_NOT_FOLDER}"),
+    (["run", "--warehouse", "UNDER_FILE"], f"argument --warehouse: {UNDER_FILE}"),
     (["run", "--config", "MISSING"], "argument --config: MISSING: no such file"),
     (["run", "--config", "FOLDER"], "argument --config: FOLDER: not a file"),
     (["run", "--config", "BROKEN_YAML"],
@@ -122,7 +124,7 @@ BAD_ARGUMENTS = [
     (["run", "--config", "BAD_VALUES"], "label.dpd: expected a whole number >= 1, got -1"),
     (["run", "--verbose", "yes"], "unrecognized arguments: yes"),
     # demo
-    (["demo", "--warehouse", "FILE"], "argument --warehouse: FILE: a file, not a folder"),
+    (["demo", "--warehouse", "FILE"], f"argument --warehouse: {FILE_NOT_FOLDER}"),
     (["demo", "--config", "MISSING"], "argument --config: MISSING: no such file"),
     # contract
     (["contract", "infer", "--source", "MISSING"], "argument --source: MISSING: no such folder"),
@@ -150,7 +152,7 @@ BAD_ARGUMENTS = [
      "--host 'no-such-host.invalid': not a known host name or address"),
     (["ui", "--host", "192.0.2.1"], "--host 192.0.2.1 --port 3000: cannot listen there"),
     (["ui", "--source", "MISSING"], "argument --source: MISSING: no such folder"),
-    (["ui", "--warehouse", "FILE"], "argument --warehouse: FILE: a file, not a folder"),
+    (["ui", "--warehouse", "FILE"], f"argument --warehouse: {FILE_NOT_FOLDER}"),
     # the command itself
     ([], "the following arguments are required: command"),
     (["backfill"], "invalid choice: 'backfill'"),
