@@ -20,6 +20,9 @@ from ml_assets.cli import descendants
 from ml_assets.demo.generator import generate
 from tests.conftest import VINTAGE
 
+# 10-13 s each alone, 23-26 s in the whole suite on two cores
+pytestmark = pytest.mark.slow
+
 STARTUP_SECONDS = 180
 STOP_SECONDS = 20  # the grace for dagster dev (8 s), then SIGTERM (3 s), with room on a busy CI
 
