@@ -3,13 +3,118 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import signal
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+MAX_SCALE = 1000  # 12.5 million customers, about 35 GB of CSV
+UI_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+UI_GRACE_SECONDS = 8.0  # for `dagster dev` to stop its webserver, daemon and code servers
+UI_KILL_SECONDS = 3.0  # then for what is left to end after SIGTERM, before SIGKILL
 
+
+class ArgumentError(ValueError):
+    """A command-line value refused before anything runs (exit 2)."""
+
+
+# -- argument types: each names what it expected; argparse adds the option and exits 2 -------
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_SCALE):
+        raise argparse.ArgumentTypeError(
+            f"expected a number greater than 0 and at most {MAX_SCALE}, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _month_or_empty(text: str) -> str:
+    """A month as `_month` gives it; an empty value stays empty."""
+    return text if text == "" else _month(text)
+
+
+def _month(text: str) -> str:
+    """`YYYY-MM` (or `YYYY-MM-01`) as `YYYY-MM`."""
+    from ml_assets.months import MonthError, folder_label, parse_month
+
+    try:
+        return folder_label(parse_month(text))
+    except MonthError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return value
+
+
+def _existing_folder(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a folder")
+    return path
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a file")
+    return path
+
+
+def _folder_to_write(text: str) -> Path:
+    """A folder that exists, or can be made: no part of the path is a file."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not writable: a file, not a folder")
+    parent = next(p for p in path.absolute().parents if p.exists()) if not path.exists() else path
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is not writable: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text} is not writable: no permission on {parent}")
+    return path
+
+
+def _file_to_write(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a folder, not a file")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no folder {path.absolute().parent}")
+    return path
+
+
+# -- shared steps -----------------------------------------------------------------------------
 
 def _set_paths(args: argparse.Namespace) -> None:
     """Paths go to the environment before the code location is imported: they shape it."""
@@ -18,6 +123,22 @@ def _set_paths(args: argparse.Namespace) -> None:
         value = getattr(args, option, None)
         if value:
             os.environ[variable] = str(Path(value).resolve())
+
+
+def _settings():
+    """The settings, or an ArgumentError naming the configuration file that cannot be read."""
+    import yaml
+
+    from ml_assets.settings import SettingsError, settings
+
+    try:
+        return settings()
+    except SettingsError:
+        raise
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as error:
+        path = os.environ.get("VINTAGE_CONFIG", "config/vintage.yaml")
+        raise ArgumentError(f"configuration file {path}: not a valid configuration: "
+                            f"{' '.join(str(error).split())}") from None
 
 
 def _print_summary(summary) -> None:
@@ -40,6 +161,75 @@ def _print_summary(summary) -> None:
     for error in summary.errors:
         print(f"vintage: {error}", file=sys.stderr)
 
+
+# -- progress of a run ------------------------------------------------------------------------
+
+def _step_line(event, width: int) -> tuple[str, str]:
+    """The line of a step, `[ 5/21] silver/loan_daily 2023-01..2025-11 ...`, and its end,
+    ` 3.8 s`, ` FAILED after 3.8 s` or ` skipped (an upstream step failed)`."""
+    head = f"[{event.index:>{width}}/{event.total}] {event.step} {event.months} ..."
+    if event.status == "skipped":
+        return head, " skipped (an upstream step failed)"
+    if event.status == "failed":
+        return head, f" FAILED after {event.seconds:.1f} s"
+    return head, f" {event.seconds:.1f} s" if event.seconds is not None else ""
+
+
+def _print_step_lines(event) -> None:
+    """One line per step, for logs and pipes: its start is written when it starts, its time
+    when it ends."""
+    head, tail = _step_line(event, len(str(event.total)))
+    if event.status == "started":
+        print(head, end="", flush=True)
+    elif event.status == "skipped":
+        print(head + tail, flush=True)
+    else:
+        print(tail, flush=True)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable]:
+    """The `on_step` of a run: a progress bar on a terminal (rich), above which each finished
+    step's line is printed; one line per step otherwise."""
+    if not sys.stdout.isatty():
+        yield _print_step_lines
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+    from rich.text import Text
+
+    class StepSeconds(ProgressColumn):
+        """How long the current step has been running."""
+
+        def render(self, task):
+            since = task.fields.get("since")
+            seconds = "" if since is None else f"{time.monotonic() - since:5.1f} s"
+            return Text(seconds)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        StepSeconds(), console=Console(file=sys.stdout), transient=True)
+    task = None
+
+    def on_step(event) -> None:
+        nonlocal task
+        if task is None:  # shown from the first step on, not while the run is prepared
+            task = progress.add_task("", total=event.total)
+            progress.start()
+        if event.status == "started":
+            progress.update(task, description=f"{event.step} {event.months}",
+                            since=time.monotonic(), total=event.total)
+            return
+        head, tail = _step_line(event, len(str(event.total)))
+        progress.console.print(head + tail, highlight=False, markup=False)
+        progress.update(task, completed=event.index, total=event.total, since=None)
+
+    try:
+        yield on_step
+    finally:
+        progress.stop()
+
+
+# -- commands ---------------------------------------------------------------------------------
 
 def _arrival_pairs(values: list[str] | None, option: str) -> dict[str, str]:
     """`SOURCE@YYYY-MM` values of a generate option as {source: month}."""
@@ -76,10 +266,12 @@ def cmd_generate(args) -> int:
 
 def cmd_run(args) -> int:
     _set_paths(args)
+    _settings()
     from ml_assets.runner import run
 
     started = time.monotonic()
-    summary = run(args.first, args.last, args.select, verbose=args.verbose)
+    with _progress() as on_step:
+        summary = run(args.first, args.last, args.select, verbose=args.verbose, on_step=on_step)
     _print_summary(summary)
     print(f"wall time {time.monotonic() - started:.1f} s")
     return 0 if summary.success else EXIT_FAILED
@@ -88,6 +280,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     _set_paths(args)
     os.environ.pop("VINTAGE_SOURCE", None)  # the demo always runs on the embedded demo data
+    _settings()
     from ml_assets.definitions import build_resources
     from ml_assets.settings import settings
 
@@ -99,29 +292,161 @@ def cmd_demo(args) -> int:
 
 def cmd_catalog_refresh(args) -> int:
     _set_paths(args)
+    warehouse = _settings().warehouse
+    if not warehouse.is_dir():
+        raise ArgumentError(f"warehouse {warehouse}: no such folder (--warehouse, "
+                            "VINTAGE_WAREHOUSE or paths.warehouse)")
     from ml_assets.runner import refresh_catalog
-    from ml_assets.settings import settings
 
     if refresh_catalog():
-        print(f"catalog refreshed: {settings().warehouse / 'catalog.duckdb'}")
+        print(f"catalog refreshed: {warehouse / 'catalog.duckdb'}")
         return 0
-    print("vintage: the catalog is held open by another process; close it and retry",
+    print("vintage: another process is rebuilding the catalog; retry in a moment",
           file=sys.stderr)
     return EXIT_FAILED
 
 
+def _check_listen_address(host: str, port: int) -> None:
+    """The webserver can listen on host:port: the name resolves to a local address and the port
+    is free. Raises ArgumentError naming --host or --port."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise ArgumentError(f"--host {host!r}: not a known host name or address "
+                            f"({getattr(error, 'strerror', None) or error})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ArgumentError(f"--host {host} --port {port}: cannot listen there "
+                                f"({error.strerror})") from None
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process, from /proc (empty without it)."""
+    table = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold ")"
+        table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """The living (not zombie) processes descended from `pid`, parents before children."""
+    table = _process_table()
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop(0)
+        children = [p for p, (ppid, _) in table.items() if ppid == parent]
+        queue += children
+        found += [p for p in children if table[p][1] != "Z"]
+    return found
+
+
+def _reap_orphans(keep: int) -> None:
+    """Collect the exit status of dead processes re-parented to us (we are their subreaper)."""
+    for pid, (ppid, state) in _process_table().items():
+        if ppid == os.getpid() and state == "Z" and pid != keep:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _become_subreaper() -> None:
+    """On Linux, processes orphaned below us (a code server whose parent ended first) are
+    re-parented to us rather than to init, so we still find and stop them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_child_subreaper = 36
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _stop_process_tree(child: subprocess.Popen) -> None:
+    """Stop `dagster dev` and everything below it: SIGINT (its own graceful shutdown of the
+    webserver, daemon and code servers), up to UI_GRACE_SECONDS; then SIGTERM to whatever is
+    left and, after UI_KILL_SECONDS, SIGKILL."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+    for sig, seconds in ((None, UI_GRACE_SECONDS), (signal.SIGTERM, UI_KILL_SECONDS),
+                         (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            for pid in descendants(os.getpid()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, sig)  # its process group, where /proc is not there
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            child.poll()
+            _reap_orphans(keep=child.pid)
+            if child.returncode is not None and not descendants(os.getpid()):
+                return
+            time.sleep(0.1)
+
+
 def cmd_ui(args) -> int:
-    """The Dagster UI and daemon (`dagster dev`) on this code location."""
+    """The Dagster UI and daemon: `dagster dev` on this code location, run as a child and
+    stopped with everything it started on SIGTERM, SIGINT or SIGHUP (see _stop_process_tree).
+    Returns 0 when stopped by a signal, else `dagster dev`'s exit status."""
     _set_paths(args)
+    config = _settings()
+    _check_listen_address(args.host, args.port)
     from ml_assets.runner import ensure_dagster_home
     from ml_assets.settings import PROJECT_ROOT
+    from resources.warehouse import (
+        CATALOG_STORAGE_NUMBER,
+        Warehouse,
+        WarehouseError,
+        catalog_storage_number,
+    )
 
     ensure_dagster_home()
+    warehouse = Warehouse(path=str(config.warehouse))
+    if warehouse.catalog_path.exists() and \
+            catalog_storage_number(warehouse.catalog_path) != CATALOG_STORAGE_NUMBER:
+        try:  # a catalog an older version wrote: readable by every DuckDB again
+            warehouse.refresh_catalog()
+        except WarehouseError as error:
+            print(f"vintage ui: {error}", file=sys.stderr)
     workspace = PROJECT_ROOT / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "ml_assets.definitions"]
     dagster = Path(sys.executable).parent / "dagster"
     command = [str(dagster), "dev", *target, "-h", args.host, "-p", str(args.port)]
-    os.execv(command[0], command)
+
+    stop_signal: list[int] = []
+
+    def request_stop(signum, _frame):
+        stop_signal.append(signum)
+
+    # Our own handlers, before the child starts: it then starts with the default ones even when
+    # we were started with SIGINT ignored (a script's background job), which `dagster dev`
+    # would otherwise pass on to SIGTERM and so ignore both.
+    for sig in UI_STOP_SIGNALS:
+        signal.signal(sig, request_stop)
+    _become_subreaper()
+    # its own process group: a Ctrl-C at the terminal reaches us only, and we pass it on once
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0)
+    try:
+        while not stop_signal and child.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=0.5)
+    finally:
+        if stop_signal:
+            name = signal.Signals(stop_signal[0]).name
+            print(f"vintage ui: {name} received, stopping the Dagster services", file=sys.stderr)
+        _stop_process_tree(child)
+    if stop_signal:
+        return 0
+    print(f"vintage ui: dagster dev ended with exit status {child.returncode}", file=sys.stderr)
+    return child.returncode or EXIT_FAILED
 
 
 def _staging_dir() -> Path:
@@ -134,9 +459,9 @@ def cmd_contract_infer(args) -> int:
     from ml_assets.contracts import infer_contract
     from resources.sources import SOURCE_NAMES
 
-    draft = infer_contract(Path(args.source), SOURCE_NAMES, _staging_dir())
+    draft = infer_contract(args.source, SOURCE_NAMES, _staging_dir())
     if args.out:
-        Path(args.out).write_text(draft + "\n")
+        args.out.write_text(draft + "\n")
         print(f"draft contract written to {args.out}; review it, then point "
               f"VINTAGE_CONTRACTS at it or copy it over config/contracts.yaml")
     else:
@@ -145,9 +470,20 @@ def cmd_contract_infer(args) -> int:
 
 
 def cmd_contract_check(args) -> int:
-    from ml_assets.contracts import check_folder, load_contracts
+    import yaml
 
-    results = check_folder(Path(args.source), load_contracts(args.contracts), _staging_dir())
+    from ml_assets.contracts import check_folder, load_contracts
+    from ml_assets.settings import SettingsError
+
+    try:
+        contracts = load_contracts(args.contracts)
+    except SettingsError:
+        raise
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as error:
+        path = args.contracts or os.environ.get("VINTAGE_CONTRACTS", "config/contracts.yaml")
+        raise ArgumentError(f"contract file {path}: not a valid contract: "
+                            f"{' '.join(str(error).split())}") from None
+    results = check_folder(args.source, contracts, _staging_dir())
     errors = 0
     for source, findings in results.items():
         if not findings:
@@ -164,11 +500,14 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="write seeded demo data in the course layout")
-    generate.add_argument("--out", required=True, type=Path)
-    generate.add_argument("--scale", type=float, default=1.0, help="1 = 12,500 customers")
-    generate.add_argument("--seed", type=int, default=42)
-    generate.add_argument("--shift-month", default="2024-07",
-                          help="population shift from this application month (YYYY-MM)")
+    generate.add_argument("--out", required=True, type=_folder_to_write,
+                          help="folder to write the four CSV files into")
+    generate.add_argument("--scale", type=_scale, default=1.0,
+                          help=f"1 = 12,500 customers; more than 0, at most {MAX_SCALE}")
+    generate.add_argument("--seed", type=_seed, default=42, help="a whole number >= 0")
+    generate.add_argument("--shift-month", type=_month_or_empty, default="2024-07",
+                          help="population shift from this application month (YYYY-MM; "
+                               "empty: no shift)")
     generate.add_argument("--stops-covering", action="append", metavar="SOURCE@YYYY-MM",
                           help="the source has no rows for customers applying from the month "
                                "on (a feed that stops covering new applicants); repeatable")
@@ -180,17 +519,22 @@ def parser() -> argparse.ArgumentParser:
                                "same byte size); repeatable")
     generate.set_defaults(handler=cmd_generate)
 
-    def add_paths(command, source=True):
-        command.add_argument("--config", help="configuration YAML (default config/vintage.yaml)")
+    def add_paths(command, source=True, warehouse=_folder_to_write):
+        command.add_argument("--config", type=_existing_file,
+                             help="configuration YAML (default config/vintage.yaml)")
         if source:
-            command.add_argument("--source", help="folder of the four source files "
-                                                  "(default: the embedded demo data)")
-        command.add_argument("--warehouse", help="lake and catalog folder (default ./warehouse)")
+            command.add_argument("--source", type=_existing_folder,
+                                 help="folder of the four source files "
+                                      "(default: the embedded demo data)")
+        command.add_argument("--warehouse", type=warehouse,
+                             help="lake and catalog folder (default ./warehouse)")
 
     run = commands.add_parser("run", help="materialise the graph for a range of months")
     add_paths(run)
-    run.add_argument("--from", dest="first", metavar="YYYY-MM", help="first month (default: data)")
-    run.add_argument("--to", dest="last", metavar="YYYY-MM", help="last month (default: data)")
+    run.add_argument("--from", dest="first", metavar="YYYY-MM", type=_month,
+                     help="first month (default: data)")
+    run.add_argument("--to", dest="last", metavar="YYYY-MM", type=_month,
+                     help="last month (default: data)")
     run.add_argument("--select", help="Dagster asset selection, e.g. 'group:silver' or "
                                       "'key:gold/feature_store+' (default: everything)")
     run.add_argument("--verbose", action="store_true", help="show Dagster's step logs")
@@ -205,44 +549,55 @@ def parser() -> argparse.ArgumentParser:
     add_paths(ui)
     ui.add_argument("--host", default="127.0.0.1",
                     help="interface to listen on (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", type=_port, default=3000, help="1-65535 (default 3000)")
     ui.set_defaults(handler=cmd_ui)
 
     contract = commands.add_parser("contract", help="the data contracts of the sources")
     contract_commands = contract.add_subparsers(dest="contract_command", required=True)
     infer = contract_commands.add_parser("infer", help="draft a contract from a folder of files")
-    infer.add_argument("--source", required=True, help="folder of the four source files")
-    infer.add_argument("--out", help="write the draft here (default: print it)")
+    infer.add_argument("--source", required=True, type=_existing_folder,
+                       help="folder of the four source files")
+    infer.add_argument("--out", type=_file_to_write,
+                       help="write the draft here (default: print it)")
     infer.set_defaults(handler=cmd_contract_infer)
     check = contract_commands.add_parser(
         "check", help="report how a folder of files departs from the contract (runs nothing)")
-    check.add_argument("--source", required=True, help="folder of the four source files")
-    check.add_argument("--contracts", help="contract file (default config/contracts.yaml)")
+    check.add_argument("--source", required=True, type=_existing_folder,
+                       help="folder of the four source files")
+    check.add_argument("--contracts", type=_existing_file,
+                       help="contract file (default config/contracts.yaml)")
     check.set_defaults(handler=cmd_contract_check)
 
     catalog = commands.add_parser("catalog", help="the DuckDB catalog of the lake")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
-    refresh = catalog_commands.add_parser("refresh", help="recreate every view")
-    add_paths(refresh, source=False)
+    refresh = catalog_commands.add_parser(
+        "refresh", help="rebuild the catalog: a view per table of the lake")
+    add_paths(refresh, source=False, warehouse=_existing_folder)
     refresh.set_defaults(handler=cmd_catalog_refresh)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a `vintage` command. Exit status: 0 done, 1 failed (a step, a source, a contract),
+    2 a bad argument (with a message naming it, never a traceback), 130 interrupted."""
     args = parser().parse_args(argv)
     from ml_assets.months import MonthError
     from ml_assets.runner import UsageError
     from ml_assets.settings import SettingsError
     from resources.sources import SourceError
+    from resources.warehouse import WarehouseError
 
     try:
         return args.handler(args)
-    except (UsageError, MonthError, SettingsError) as error:
+    except (ArgumentError, UsageError, MonthError, SettingsError) as error:
         print(f"vintage: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except SourceError as error:
+    except (SourceError, WarehouseError) as error:
         print(f"vintage: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("vintage: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import uuid
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -43,6 +46,62 @@ class RunSummary:
         for asset, seconds in self.seconds_by_asset.items():
             stages[asset.split("/", 1)[0]] += seconds
         return dict(stages)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """A step of a run starting or ending, as it happens (for progress output)."""
+
+    step: str  # e.g. `silver/loan_daily` (see step_name)
+    months: str  # the run's months, `2023-01..2025-11`
+    index: int  # 1-based: the how-manieth step of the run to start (or be skipped)
+    total: int  # steps in the run's plan
+    status: str  # "started", "succeeded", "failed" or "skipped" (an upstream step failed)
+    seconds: float | None = None  # wall time of the step, once it ended
+
+
+_STEP_STATUS = {"STEP_START": "started", "STEP_SUCCESS": "succeeded",
+                "STEP_FAILURE": "failed", "STEP_SKIPPED": "skipped"}
+
+
+class StepWatcher:
+    """Turns the run's step events into StepEvents for `on_step`, as the instance stores them.
+
+    Registered with `DagsterInstance.add_event_listener` for a run id chosen before the run,
+    so it is called in the executing thread the moment each event is stored. An error in
+    `on_step` (say, stdout closed) stops the progress output, never the run."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, months: str,
+                 on_step: Callable[[StepEvent], None]):
+        self.instance, self.run_id, self.months, self.on_step = instance, run_id, months, on_step
+        self.total: int | None = None
+        self.index = 0
+        self.started: dict[str, float] = {}
+
+    def _plan_size(self) -> int:
+        run = self.instance.get_run_by_id(self.run_id)
+        snapshot = self.instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+        return len(snapshot.steps)
+
+    def __call__(self, entry) -> None:
+        event = entry.dagster_event
+        status = _STEP_STATUS.get(event.event_type_value) if event and event.step_key else None
+        if status is None or self.on_step is None:
+            return
+        try:
+            if self.total is None:
+                self.total = self._plan_size()
+            seconds = None
+            if status in ("started", "skipped"):
+                self.index += 1
+                self.started[event.step_key] = entry.timestamp
+            else:
+                seconds = entry.timestamp - self.started.get(event.step_key, entry.timestamp)
+            self.on_step(StepEvent(step_name(event.step_key), self.months, self.index,
+                                   max(self.total, self.index), status, seconds))
+        except Exception as error:  # noqa: BLE001 - progress output must not fail the run
+            self.on_step = None
+            print(f"vintage: progress output stopped: {error}", file=sys.stderr)
 
 
 def step_name(step_key: str) -> str:
@@ -133,8 +192,13 @@ def preflight(start: date, end: date, keys: list[dg.AssetKey]) -> list[str]:
 
 
 def run(first: str | None = None, last: str | None = None, select: str | None = None,
-        verbose: bool = False) -> RunSummary:
-    """Materialise the selected assets for months first..last (default: every month)."""
+        verbose: bool = False, on_step: Callable[[StepEvent], None] | None = None
+        ) -> RunSummary:
+    """Materialise the selected assets for months first..last (`YYYY-MM`; default: every month)
+    as one Dagster run in the instance of DAGSTER_HOME. `on_step` is called as each step starts
+    and ends. Raises UsageError for a bad month range or selection, SourceError when a source
+    breaks its contract (nothing is run then); a failing step is not raised but reported in
+    the summary (`success` False, `errors`)."""
     from ml_assets.settings import settings
 
     check_warehouse_writable(settings().warehouse)  # before loading: that stages the lms file
@@ -154,9 +218,14 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
 
         preload_evidently()
     job = defs.resolve_job_def(monthly_pipeline.name)
+    run_id = str(uuid.uuid4())
     with dg.DagsterInstance.get() as instance:
+        if on_step is not None:
+            months = f"{folder_label(start)}..{folder_label(end)}"
+            instance.add_event_listener(run_id, StepWatcher(instance, run_id, months, on_step))
         result = job.execute_in_process(
             instance=instance,
+            run_id=run_id,
             asset_selection=keys,
             tags={RANGE_START: partition_key(start), RANGE_END: partition_key(end)},
             run_config={"loggers": {"console": {"config": {
@@ -184,9 +253,9 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
 
 
 def refresh_catalog() -> bool:
-    """Recreate every table's view in the catalog (best effort, see Warehouse.refresh_catalog)."""
-    from ml_assets.definitions import build_resources
+    """Rebuild the catalog of the configured warehouse: a view per table of the lake. Returns
+    False if another process kept rebuilding it (see Warehouse.refresh_catalog)."""
     from ml_assets.settings import settings
-    from ml_assets.tables import all_tables
+    from resources.warehouse import Warehouse
 
-    return build_resources(settings())["warehouse"].refresh_catalog(all_tables())
+    return Warehouse(path=str(settings().warehouse)).refresh_catalog()

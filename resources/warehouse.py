@@ -10,6 +10,7 @@ views without touching the catalog file, so a user holding it open blocks nothin
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -38,6 +39,12 @@ _MONTH_FOLDER = re.compile(r"^month=(\d{4}-\d{2})$")
 DEFAULT_PART = "part-0"  # a month is one file, unless several writers share a table (see publish)
 _PART = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 CATALOG_FILE = "catalog.duckdb"
+# The catalog's storage format: DuckDB 2.0 writes its v2.0.0 format by default, which DuckDB 1.x
+# refuses ("version number 69"); the v1.0.0 format (header number 64) opens in every DuckDB from
+# 1.0 on.
+CATALOG_STORAGE_VERSION, CATALOG_STORAGE_NUMBER = "v1.0.0", 64
+_CATALOG_LOCK = ".catalog.lock"
+_CATALOG_DRAFT = ".catalog-draft-"
 _STAGING = ".staging"
 
 
@@ -339,11 +346,7 @@ class Warehouse(dg.ConfigurableResource):
     # -- catalog ---------------------------------------------------------------------------
 
     def view_sql(self, table: Table) -> str:
-        glob = str(self.table_dir(table).resolve() / "month=*" / "*.parquet")
-        return (
-            f"CREATE OR REPLACE VIEW {table.qualified_name} AS SELECT * FROM read_parquet("
-            f"{_sql_literal(glob)}, union_by_name = true, hive_partitioning = false)"
-        )
+        return _view_sql(table.qualified_name, self.table_dir(table))
 
     def _view_marker(self, table: Table) -> Path:
         return self.table_dir(table) / ".view"
@@ -353,44 +356,116 @@ class Warehouse(dg.ConfigurableResource):
         return json.dumps({"view": self.view_sql(table), "columns": columns})
 
     def _refresh_view_if_changed(self, table: Table, published_file: Path) -> None:
-        """The catalog is written only when a table is new or its columns changed: new months of
-        a known table appear in its view by themselves."""
+        """The catalog is rebuilt only when a table is new or its columns changed, or when the
+        catalog is missing or in another storage version: new months of a known table appear in
+        its view by themselves."""
         signature = self._view_signature(table, published_file)
         marker = self._view_marker(table)
-        if marker.is_file() and marker.read_text() == signature:
+        if (marker.is_file() and marker.read_text() == signature
+                and catalog_storage_number(self.catalog_path) == CATALOG_STORAGE_NUMBER):
             return
-        if self.refresh_catalog([table]):
+        if self.refresh_catalog():
             partial = marker.with_name(f".view.{os.getpid()}.tmp")
             partial.write_text(signature)
             os.replace(partial, marker)
 
-    def refresh_catalog(self, tables: Iterable[Table], wait_seconds: float = 3.0) -> bool:
-        """(Re)create the views of `tables` that have data. Best effort: if another process holds
-        the catalog file (a user's shell, say), the views are left for the next refresh rather than
-        blocking the run. Returns whether the catalog was written."""
-        tables = [t for t in tables if self.published_months(t)]
-        if not tables:
-            return True
+    def catalog_views(self) -> dict[str, str]:
+        """`schema.table` -> CREATE VIEW statement, for every table folder of the lake with a
+        published month (`<root>/<schema>/<table>/month=YYYY-MM/*.parquet`)."""
+        views = {}
+        for schema in SCHEMAS:
+            folder = self.root / schema
+            if not folder.is_dir():
+                continue
+            for table_dir in sorted(folder.iterdir()):
+                if (_IDENTIFIER.match(table_dir.name) and table_dir.is_dir()
+                        and next(table_dir.glob("month=*/*.parquet"), None)):
+                    name = f"{schema}.{table_dir.name}"
+                    views[name] = _view_sql(name, table_dir)
+        return views
+
+    def refresh_catalog(self, wait_seconds: float = 30.0) -> bool:
+        """Rebuild `catalog.duckdb`: the five schemas and a view per table of the lake
+        (`catalog_views`), in storage version CATALOG_STORAGE_VERSION so that every DuckDB from
+        1.0 on opens it. The new catalog is written beside the old one and renamed over it, so
+        a reader (a user's shell, read-only or not) sees the old catalog or the new one, never
+        a half-written file, and never blocks the refresh. A catalog of another storage version
+        (one DuckDB 2.0 wrote by default) is replaced the same way.
+
+        Rebuilds are serialised across processes by a lock file; returns False, leaving the
+        catalog as it was, if another process held the lock for `wait_seconds`. Raises
+        WarehouseError if the catalog cannot be written."""
         self.root.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + wait_seconds
-        while True:
+        with open(self.root / _CATALOG_LOCK, "a") as lock:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        log.warning("catalog %s is being rebuilt by another process for more "
+                                    "than %.0f s; not rebuilt now: it is at the next run or "
+                                    "with `vintage catalog refresh`", self.catalog_path,
+                                    wait_seconds)
+                        return False
+                    time.sleep(0.05)
+            self._remove_dead_catalog_drafts()
+            draft = self.root / f"{_CATALOG_DRAFT}{os.getpid()}-{uuid.uuid4().hex}.duckdb"
             try:
-                con = duckdb.connect(str(self.catalog_path))
-                break
-            except duckdb.IOException as error:
-                if time.monotonic() >= deadline:
-                    log.warning(
-                        "catalog %s is held by another process (%s); views of %s not refreshed "
-                        "now: they refresh at the next run or with `vintage catalog refresh`",
-                        self.catalog_path, error, ", ".join(t.qualified_name for t in tables),
-                    )
-                    return False
-                time.sleep(0.1)
-        try:
-            for schema in SCHEMAS:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            for table in tables:
-                con.execute(self.view_sql(table))
-        finally:
-            con.close()
+                self._write_catalog(draft, self.catalog_views())
+                os.replace(draft, self.catalog_path)
+                _fsync(self.root)
+            except (OSError, duckdb.Error) as error:
+                raise WarehouseError(f"catalog {self.catalog_path} not written: {error}") from None
+            finally:
+                for leftover in (draft, draft.with_name(draft.name + ".wal")):
+                    leftover.unlink(missing_ok=True)
         return True
+
+    @staticmethod
+    def _write_catalog(path: Path, views: dict[str, str]) -> None:
+        with duckdb.connect() as con:
+            con.execute(f"ATTACH {_sql_literal(str(path))} AS draft "
+                        f"(STORAGE_VERSION {_sql_literal(CATALOG_STORAGE_VERSION)})")
+            con.execute("USE draft")
+            for schema in SCHEMAS:
+                con.execute(f"CREATE SCHEMA {schema}")
+            for statement in views.values():
+                con.execute(statement)
+            con.execute("USE memory")
+            con.execute("DETACH draft")  # checkpoints: the file is whole, with no WAL beside it
+        _fsync(path)
+
+    def _remove_dead_catalog_drafts(self) -> None:
+        """Drafts of a process killed while it rebuilt the catalog."""
+        for leftover in self.root.glob(f"{_CATALOG_DRAFT}*"):
+            pid = leftover.name.removeprefix(_CATALOG_DRAFT).split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                leftover.unlink(missing_ok=True)
+
+
+def _view_sql(qualified_name: str, table_dir: Path) -> str:
+    """The view over a table folder's monthly files, by absolute path: the catalog works from any
+    working directory. Plain `read_parquet` options that DuckDB 1.0 and later all parse."""
+    glob = str(table_dir.resolve() / "month=*" / "*.parquet")
+    return (
+        f"CREATE OR REPLACE VIEW {qualified_name} AS SELECT * FROM read_parquet("
+        f"{_sql_literal(glob)}, union_by_name = true, hive_partitioning = false)"
+    )
+
+
+def catalog_storage_number(path: Path) -> int | None:
+    """The version number in a DuckDB database file's main header: 64 for the v1.0.0 storage
+    format (CATALOG_STORAGE_NUMBER), a larger one for later formats (DuckDB 2.0 writes 999 there
+    and keeps its format's number further on); None when `path` is missing or not a DuckDB file.
+    The header is an 8-byte checksum, the bytes `DUCK`, then the number as a little-endian
+    64-bit integer. Read without opening the database, so no lock is taken."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return None
+    if len(header) < 20 or header[8:12] != b"DUCK":
+        return None
+    return int.from_bytes(header[12:20], "little")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import pty
+import re
 import shutil
+import socket
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -61,26 +65,146 @@ def test_run_on_course_format_files_in_other_formats(course_folder, tmp_path):
     assert runs
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--from", "2024-13"], "'2024-13' is not a month"),
-    (["--from", "2024-05", "--to", "2024-01"], "--from 2024-05 is after --to 2024-01"),
-    (["--from", "2019-01"], "outside the months the platform has, 2023-01.."),
-    (["--select", "key:gold/no_such_table"], "matches no asset"),
-])
-def test_bad_arguments_exit_2_with_a_message(args, message, tmp_path):
-    done = vintage("run", "--warehouse", str(tmp_path / "wh"), *args,
-                   env={"DAGSTER_HOME": str(tmp_path / "home")})
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, str]:
+    """Paths the bad arguments point at: a file, a folder, files of bad YAML or values."""
+    root = tmp_path_factory.mktemp("places")
+    (root / "file.txt").write_text("a file, not a folder")
+    (root / "folder").mkdir()
+    (root / "broken.yaml").write_text("paths: [unclosed\n")
+    (root / "bad_values.yaml").write_text("label:\n  dpd: -1\n")
+    return {"FILE": str(root / "file.txt"), "UNDER_FILE": str(root / "file.txt" / "wh"),
+            "FOLDER": str(root / "folder"), "MISSING": str(root / "missing"),
+            "MISSING_PARENT": str(root / "missing" / "draft.yaml"),
+            "BROKEN_YAML": str(root / "broken.yaml"), "BAD_VALUES": str(root / "bad_values.yaml"),
+            "OUT": str(root / "out")}
+
+
+# (arguments, what stderr must say); every one exits 2 without a traceback. Upper-case words
+# are paths from `places`.
+FILE_NOT_FOLDER = "FILE is not writable: a file, not a folder"
+UNDER_FILE = "UNDER_FILE is not writable: FILE is a file, not a folder"
+BAD_ARGUMENTS = [
+    # generate
+    (["generate", "--out", "OUT", "--scale", "-1"],
+     "argument --scale: expected a number greater than 0 and at most 1000, got '-1'"),
+    (["generate", "--out", "OUT", "--scale", "0"], "argument --scale: expected a number greater"),
+    (["generate", "--out", "OUT", "--scale", "ten"],
+     "argument --scale: expected a number, got 'ten'"),
+    (["generate", "--out", "OUT", "--scale", "nan"], "argument --scale: expected a number greater"),
+    (["generate", "--out", "OUT", "--scale", "inf"], "argument --scale: expected a number greater"),
+    (["generate", "--out", "OUT", "--scale", "5000"], "at most 1000, got '5000'"),
+    (["generate", "--out", "OUT", "--seed", "-3"],
+     "argument --seed: expected a whole number >= 0, got '-3'"),
+    (["generate", "--out", "OUT", "--seed", "4.5"],
+     "argument --seed: expected a whole number, got '4.5'"),
+    (["generate", "--out", "OUT", "--shift-month", "2024-13"],
+     "argument --shift-month: '2024-13' is not a month"),
+    (["generate", "--out", "OUT", "--shift-month", "July"],
+     "argument --shift-month: 'July' is not a month"),
+    (["generate", "--out", "FILE"], f"argument --out: {FILE_NOT_FOLDER}"),
+    (["generate", "--out", "UNDER_FILE"], f"argument --out: {UNDER_FILE}"),
+    (["generate"], "the following arguments are required: --out"),
+    # run
+    (["run", "--from", "2024-13"], "argument --from: '2024-13' is not a month"),
+    (["run", "--to", "May 2024"], "argument --to: 'May 2024' is not a month"),
+    (["run", "--from", "2024-05", "--to", "2024-01"], "--from 2024-05 is after --to 2024-01"),
+    (["run", "--from", "2019-01"], "outside the months the platform has, 2023-01.."),
+    (["run", "--select", "key:gold/no_such_table"],
+     "--select 'key:gold/no_such_table' matches no asset"),
+    (["run", "--select", "key:(gold"], "--select 'key:(gold'"),
+    (["run", "--source", "MISSING"], "argument --source: MISSING: no such folder"),
+    (["run", "--source", "FILE"], "argument --source: FILE: not a folder"),
+    (["run", "--warehouse", "FILE"], f"argument --warehouse: {FILE_NOT_FOLDER}"),
+    (["run", "--warehouse", "UNDER_FILE"], f"argument --warehouse: {UNDER_FILE}"),
+    (["run", "--config", "MISSING"], "argument --config: MISSING: no such file"),
+    (["run", "--config", "FOLDER"], "argument --config: FOLDER: not a file"),
+    (["run", "--config", "BROKEN_YAML"],
+     "configuration file BROKEN_YAML: not a valid configuration"),
+    (["run", "--config", "BAD_VALUES"], "label.dpd: expected a whole number >= 1, got -1"),
+    (["run", "--verbose", "yes"], "unrecognized arguments: yes"),
+    # demo
+    (["demo", "--warehouse", "FILE"], f"argument --warehouse: {FILE_NOT_FOLDER}"),
+    (["demo", "--config", "MISSING"], "argument --config: MISSING: no such file"),
+    # contract
+    (["contract", "infer", "--source", "MISSING"], "argument --source: MISSING: no such folder"),
+    (["contract", "infer", "--source", "FOLDER", "--out", "FOLDER"],
+     "argument --out: FOLDER: a folder, not a file"),
+    (["contract", "infer", "--source", "FOLDER", "--out", "MISSING_PARENT"],
+     "argument --out: MISSING_PARENT: no folder MISSING"),
+    (["contract", "check", "--source", "FILE"], "argument --source: FILE: not a folder"),
+    (["contract", "check", "--source", "FOLDER", "--contracts", "MISSING"],
+     "argument --contracts: MISSING: no such file"),
+    (["contract", "check", "--source", "FOLDER", "--contracts", "BROKEN_YAML"],
+     "contract file BROKEN_YAML: not a valid contract"),
+    (["contract", "check"], "the following arguments are required: --source"),
+    (["contract"], "the following arguments are required: contract_command"),
+    # catalog
+    (["catalog", "refresh", "--warehouse", "MISSING"],
+     "argument --warehouse: MISSING: no such folder"),
+    (["catalog", "refresh", "--warehouse", "FILE"], "argument --warehouse: FILE: not a folder"),
+    (["catalog", "rebuild"], "invalid choice: 'rebuild'"),
+    # ui
+    (["ui", "--port", "0"], "argument --port: expected a port from 1 to 65535, got '0'"),
+    (["ui", "--port", "70000"], "argument --port: expected a port from 1 to 65535, got '70000'"),
+    (["ui", "--port", "http"], "argument --port: expected a port number, got 'http'"),
+    (["ui", "--host", "no-such-host.invalid"],
+     "--host 'no-such-host.invalid': not a known host name or address"),
+    (["ui", "--host", "192.0.2.1"], "--host 192.0.2.1 --port 3000: cannot listen there"),
+    (["ui", "--source", "MISSING"], "argument --source: MISSING: no such folder"),
+    (["ui", "--warehouse", "FILE"], f"argument --warehouse: {FILE_NOT_FOLDER}"),
+    # the command itself
+    ([], "the following arguments are required: command"),
+    (["backfill"], "invalid choice: 'backfill'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_ARGUMENTS,
+                         ids=[" ".join(args) or "nothing" for args, _ in BAD_ARGUMENTS])
+def test_a_bad_argument_exits_2_with_a_message_naming_it(args, message, places, tmp_path):
+    def fill(text: str) -> str:
+        for name in sorted(places, key=len, reverse=True):
+            text = text.replace(name, places[name])
+        return text
+
+    done = vintage(*[fill(a) for a in args], env={"DAGSTER_HOME": str(tmp_path / "home"),
+                                                   "VINTAGE_WAREHOUSE": str(tmp_path / "wh")},
+                   timeout=300)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert fill(message) in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "home" / "history").exists(), "a run was started"
+
+
+def test_a_port_in_use_exits_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = vintage("ui", "--port", str(port), env={"DAGSTER_HOME": str(tmp_path / "home")},
+                       timeout=120)
     assert done.returncode == 2, done.stderr
-    assert message in done.stderr
+    assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" \
+        in done.stderr
 
 
 def test_an_unwritable_warehouse_exits_2(tmp_path):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file, not a folder")
-    done = vintage("run", "--warehouse", str(blocked / "wh"),
-                   env={"DAGSTER_HOME": str(tmp_path / "home")})
+    done = vintage("run", env={"DAGSTER_HOME": str(tmp_path / "home"),
+                               "VINTAGE_WAREHOUSE": str(blocked / "wh")})
     assert done.returncode == 2
     assert f"warehouse {blocked / 'wh'} is not writable" in done.stderr
+
+
+def test_generate_takes_an_empty_shift_month_and_a_full_month_key(tmp_path):
+    done = vintage("generate", "--out", str(tmp_path / "a"), "--scale", "0.001", "--seed", "0",
+                   "--shift-month", "", env={})
+    assert done.returncode == 0, done.stderr
+    done = vintage("generate", "--out", str(tmp_path / "b"), "--scale", "0.001",
+                   "--shift-month", "2024-03-01", env={})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "b" / "lms_loan_daily.csv").stat().st_size > 0
 
 
 def test_a_missing_source_file_fails_naming_it(course_folder, tmp_path):
@@ -116,3 +240,76 @@ def test_dagster_cli_backfills_a_range_in_one_run(tmp_path):
     published = sorted(p.name for p in (tmp_path / "wh" / "silver" / "loan_daily").iterdir()
                        if p.name.startswith("month="))
     assert published == ["month=2023-01", "month=2023-02", "month=2023-03"]
+
+
+# --- progress of a run -----------------------------------------------------------------------
+
+PROGRESS_RUN = ["--from", "2023-01", "--to", "2023-02", "--select",
+                "group:raw or key:silver/loan_daily"]
+# five assets and the step of Dagster's column schema checks
+STEP_LINE = re.compile(r"\[(\d)/6\] ([a-z_]+/[a-z_]+) 2023-01\.\.2023-02 \.\.\. (\d+\.\d) s")
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("progress") / "source"
+    generate(folder, scale=0.02, seed=12)
+    return folder
+
+
+def test_run_progress_in_a_pipe_is_a_line_per_step_as_it_ends(small_source, tmp_path):
+    """Not a terminal (CI logs, `| tee`): each step's line is written as the step runs, and the
+    summary table follows as before."""
+    process = subprocess.Popen(
+        [VINTAGE, "run", "--source", str(small_source), "--warehouse", str(tmp_path / "wh"),
+         *PROGRESS_RUN], env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arrived = []
+    for line in process.stdout:
+        arrived.append((time.monotonic(), line.rstrip("\n")))
+    process.wait(600)
+    ended = time.monotonic()
+    assert process.returncode == 0, process.stderr.read()
+    lines = [line for _, line in arrived]
+    steps = [STEP_LINE.fullmatch(line) for line in lines[:6]]
+    assert all(steps), lines[:7]
+    assert [int(m.group(1)) for m in steps] == [1, 2, 3, 4, 5, 6]
+    assert {m.group(2) for m in steps} == {
+        "raw/lms_loan_daily", "raw/feature_clickstream", "raw/features_attributes",
+        "raw/features_financials", "silver/loan_daily", "checks/column_schema_changes"}
+    assert lines[6].endswith("succeeded for months 2023-01..2023-02")
+    assert lines[7].split() == ["asset", "seconds"]
+    assert "\x1b" not in "\n".join(lines)
+    # the first step's line came while the run was going, not with the summary at the end
+    assert ended - arrived[0][0] > 1.0
+
+
+def test_run_progress_on_a_terminal_is_a_bar(small_source, tmp_path):
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [VINTAGE, "run", "--source", str(small_source), "--warehouse", str(tmp_path / "wh"),
+         *PROGRESS_RUN],
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "COLUMNS": "120",
+             "TERM": "xterm-256color"},
+        stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(primary)
+        process.wait(600)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text[-3000:]
+    assert "\x1b[" in text and "━" in text  # the bar, redrawn in place
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert re.search(r"raw/\w+ 2023-01\.\.2023-02 [━╸╺]+ [0-6]/6 ", plain)  # step, bar, count
+    assert len(STEP_LINE.findall(plain)) == 6  # each finished step printed above the bar
+    assert "succeeded for months 2023-01..2023-02" in plain
