@@ -166,29 +166,25 @@ def resolve_selection(defs: dg.Definitions, select: str | None) -> list[dg.Asset
     return sorted(keys)
 
 
-def preflight(start: date, end: date, keys: list[dg.AssetKey]) -> list[str]:
+def preflight(start: date, end: date, keys: list[dg.AssetKey], run_id: str) -> list[str]:
     """Check every source the selection ingests, for the months, against its contract before the
-    run starts: a bad file then stops everything, and no other source's months are re-ingested
-    in the meantime. Returns the problems (empty when the run can go ahead)."""
-    from ml_assets.contracts import blocking, contracts, validate_source
+    run starts (recorded for the run, whose raw steps then read each file no more), so a bad
+    file stops everything before a Dagster run exists. Returns the problems (empty when the run
+    can go ahead)."""
+    from ml_assets.assets.raw import check_run_sources, ingested_sources
+    from ml_assets.contracts import blocking
     from ml_assets.definitions import build_resources
     from ml_assets.months import month_range
     from ml_assets.settings import settings
-    from ml_assets.tables import RAW_TABLES, asset_key
 
-    ingested = [name for name, table in RAW_TABLES.items() if asset_key(table) in keys]
-    if not ingested:
+    names = ingested_sources(keys)
+    if not names:
         return []
     resources = build_resources(settings())
-    sources, warehouse = resources["sources"], resources["warehouse"]
-    months = list(month_range(start, end))
-    problems = []
-    with warehouse.connect() as con:
-        for name in ingested:
-            staged = sources.stage(name)
-            findings = validate_source(con, staged, contracts()[name], months)
-            problems += [f.describe(staged.file.name) for f in blocking(findings)]
-    return problems
+    checked = check_run_sources(resources["warehouse"], resources["sources"], names,
+                                list(month_range(start, end)), run_id)
+    return [f.describe(staged.file.name) for staged, findings in checked.values()
+            for f in blocking(findings)]
 
 
 def run(first: str | None = None, last: str | None = None, select: str | None = None,
@@ -208,7 +204,8 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
     start, end = resolve_months(first, last, monthly_partitions,
                                 source_month_range(settings()))
     keys = resolve_selection(defs, select)
-    problems = preflight(start, end, keys)
+    run_id = str(uuid.uuid4())
+    problems = preflight(start, end, keys, run_id)
     if problems:
         raise SourceError("\n".join(problems) + "\nnothing was run; published months are "
                           "unchanged")
@@ -218,7 +215,6 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
 
         preload_evidently()
     job = defs.resolve_job_def(monthly_pipeline.name)
-    run_id = str(uuid.uuid4())
     with dg.DagsterInstance.get() as instance:
         if on_step is not None:
             months = f"{folder_label(start)}..{folder_label(end)}"

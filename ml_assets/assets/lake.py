@@ -120,7 +120,7 @@ def publish(
                 ),
                 "path": dg.MetadataValue.path(str(warehouse.month_file(table, month))),
                 "query": dg.MetadataValue.md(
-                    f"`duckdb {warehouse.catalog_path}`\n\n```sql\nSELECT * FROM "
+                    f"`duckdb -readonly {warehouse.catalog_path}`\n\n```sql\nSELECT * FROM "
                     f"{table.qualified_name}\nWHERE date_trunc('month', {table.month_column}) = "
                     "DATE "
                     f"'{month.isoformat()}' LIMIT 10\n```"

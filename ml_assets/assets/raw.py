@@ -62,12 +62,11 @@ def contract_evaluations(check_specs: dict[str, dg.AssetCheckSpec], findings, fi
 RUN_RECORD_DAYS = 2  # run records older than this are removed
 
 
-def _ingested_sources(context: dg.AssetExecutionContext) -> list[str]:
-    """The sources whose raw asset this run materialises (all four when the run has no asset
-    selection: Dagster records an empty one for a whole job)."""
-    selected = context.run.asset_selection
+def ingested_sources(selection) -> list[str]:
+    """The sources whose raw asset a run of `selection` (asset keys) materialises: all four for
+    an empty or missing selection (Dagster records an empty one for a whole job)."""
     return [name for name, table in RAW_TABLES.items()
-            if not selected or asset_key(table) in selected]
+            if not selection or asset_key(table) in selection]
 
 
 def _record_path(warehouse: Warehouse, run_id: str) -> Path:
@@ -77,20 +76,22 @@ def _record_path(warehouse: Warehouse, run_id: str) -> Path:
 Checked = dict[str, tuple[StagedSource, dict[date, list[Finding]]]]
 
 
-def run_sources(context: dg.AssetExecutionContext, warehouse: Warehouse, sources: Sources,
-                months: list[date]) -> Checked:
-    """Every source this run ingests, staged and checked against its contract for `months`,
-    once per run: the first raw step does it and records the staged copies and findings under
-    `<warehouse>/_staging/runs/<run_id>.json`; the run's other raw steps (in this process or
-    another) read that record, so all of them ingest the same file versions and each file is
-    read once. Returns source -> (staged copy, findings by month)."""
-    path = _record_path(warehouse, context.run.run_id)
+def check_run_sources(warehouse: Warehouse, sources: Sources, names: list[str],
+                      months: list[date], run_id: str) -> Checked:
+    """Sources `names`, staged and checked against their contracts for `months`, once per run:
+    the first caller (`vintage run` before the run starts, else the run's first raw step) does
+    it and records the staged copies and findings under `<warehouse>/_staging/runs/<run_id>
+    .json`; the run's raw steps (in this process or another) read that record, so all of them
+    ingest the same file versions and each file is read once. Returns source -> (staged copy,
+    findings by month). Raises ContractError for a source without a contract, SourceError for
+    a file that cannot be read."""
+    path = _record_path(warehouse, run_id)
     recorded = _load_record(path, months)
-    if recorded is not None:
+    if recorded is not None and set(names) <= set(recorded):
         return recorded
     checked: Checked = {}
     with warehouse.connect() as con:
-        for name in _ingested_sources(context):
+        for name in names:
             contract = contracts().get(name)
             if contract is None:
                 raise ContractError(f"config/contracts.yaml has no contract for {name}")
@@ -141,7 +142,9 @@ def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
     @monthly_asset(**describe_table(table, checks=check_specs.values()))
     def raw_asset(context: dg.AssetExecutionContext, warehouse: Warehouse, sources: Sources):
         months = run_months(context)
-        checked = run_sources(context, warehouse, sources, months)
+        checked = check_run_sources(warehouse, sources,
+                                    ingested_sources(context.run.asset_selection), months,
+                                    context.run.run_id)
         staged, findings = checked[source_name]
         with warehouse.connect() as con:
             evaluations = contract_evaluations(check_specs, findings, staged.file.name)
