@@ -143,9 +143,10 @@ CASES = {
     "empty_file": (1, ["features_attributes.csv: the file is empty"]),
     "month_without_rows": (1, ["features_financials.csv 2023-02: no rows with snapshot_date "
                                "in this month"]),
-    "truncated_csv": (1, ["features_financials.csv: corrupt or truncated file"]),
-    "corrupt_parquet": (1, ["features_attributes.parquet: corrupt or truncated file"]),
-    "corrupt_zip": (1, ["features_attributes.zip: corrupt or truncated file"]),
+    "truncated_csv": (1, ["features_financials.csv: data row ", "has 1 fields, the header "
+                                                                "has 22"]),
+    "corrupt_parquet": (1, ["features_attributes.parquet: not readable as Parquet"]),
+    "corrupt_zip": (1, ["features_attributes.zip: the zip is cut short", "data row"]),
     "text_in_numeric_column": (1, ["features_financials.csv 2023-03: column Annual_Income:",
                                    "values are not number", "'twelve thousand'"]),
     "renamed_column": (1, ["features_financials.csv 2023-01: column Annual_Income missing; "
