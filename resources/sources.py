@@ -270,8 +270,8 @@ def _csv_header(stream: io.BufferedIOBase, file: Path, name: str, reading: Readi
             f"{error.start} is not {reading.encoding}; the file looks {guess}: "
             f"{_config_hint(name, f'encoding: {guess}')}") from None
     header = [column.strip() for column in _split(text, reading.delimiter)]
-    if len(header) == 1 and len(_split(text, guess_delimiter(text))) > 1:
-        other = guess_delimiter(text)
+    other = guess_delimiter(text)
+    if len(header) == 1 and len(_split(text, other)) > 1:
         sample = [stream.readline().decode(reading.encoding, "replace") for _ in range(200)]
         decimal = guess_decimal(sample, other)
         comma = " and writes numbers with ',' decimals (1234,5)" if decimal == "," else ""
