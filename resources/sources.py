@@ -698,9 +698,12 @@ def detect_reading(file: Path) -> Reading:
 
 
 def month_range(staged: StagedSource, macros_sql: str) -> tuple[date, date]:
-    """The first and last month of a staged source's `snapshot_date`."""
+    """The first and last month of a staged source's `snapshot_date`. Raises SourceError when
+    the file has no data rows or none with a readable date."""
     if "snapshot_date" not in staged.columns:
         raise SourceError(f"{staged.file}: no snapshot_date column")
+    if not staged.rows:
+        raise SourceError(f"{staged.file}: the file has a header but no data rows")
     cache = staged.staged.with_suffix(".months.json")
     if cache.is_file():
         first, last = json.loads(cache.read_text())

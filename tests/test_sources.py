@@ -130,3 +130,11 @@ def test_unreadable_files_name_the_file(folder, tmp_path, name, content, message
         stage(locate(folder, "features_attributes"), "features_attributes", tmp_path / "st")
     assert name in str(error.value)
     assert not list((tmp_path / "st").glob("*.parquet"))
+
+
+def test_a_header_without_rows_is_named(folder, tmp_path):
+    (folder / "lms_loan_daily.csv").write_text("loan_id,snapshot_date\n")
+    staged = stage(locate(folder, "lms_loan_daily"), "lms_loan_daily", tmp_path / "st")
+    with pytest.raises(SourceError, match="lms_loan_daily.csv: the file has a header but no "
+                                          "data rows"):
+        month_range(staged, sql_text("macros"))
