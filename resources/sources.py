@@ -401,7 +401,8 @@ def _read_text_batches(file: Path, name: str, reading: Reading, where: dict
     with ExitStack() as stack:
         stream = _open_bytes(file, stack)
         header = _csv_header(stream, file, name, reading)
-        batches = _csv_batches(stream, header, reading)
+        # pyarrow refuses an empty stream: a header without rows is a file with no rows
+        batches = _csv_batches(stream, header, reading) if stream.peek(1) else iter(())
         if reading.decimal == ",":
             batches = (pa.RecordBatch.from_arrays(
                 [text_cells(c, reading, nulls=False) for c in b.columns], names=header)
