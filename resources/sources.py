@@ -460,6 +460,18 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 _STREAM_ERRORS = (zlib.error, EOFError, zipfile.BadZipFile, OSError)
 
 
+def _zip_intact(file: Path) -> bool:
+    """Whether the CSV inside a zip decompresses whole and passes its CRC check."""
+    try:
+        with ExitStack() as stack:
+            stream = _open_bytes(file, stack)
+            while stream.read(1 << 20):
+                pass
+        return True
+    except _STREAM_ERRORS:
+        return False
+
+
 def _shown(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
@@ -559,8 +571,10 @@ def _break_message(file: Path, name: str, reading: Reading, rows: int, where: di
         except _STREAM_ERRORS as open_error:
             return f"{file}: not readable: {open_error}"
         found = _find_break(stream, file, name, reading)
+    damaged = "the zip is damaged (its CSV fails the zip's CRC check); " \
+        if file.suffix.lower() == ".zip" and not _zip_intact(file) else ""
     if found:
-        return f"{file}: {found}"
+        return f"{file}: {damaged}{found}"
     place = f"after data row {rows}" if rows else "at its start"
     return f"{file}: corrupt or truncated file, unreadable {place}: {error}"
 

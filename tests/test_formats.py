@@ -502,8 +502,9 @@ def test_a_damaged_zip_is_named_after_its_last_whole_row(folder, tmp_path):
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(64)
     path.write_bytes(bytes(data))
-    with pytest.raises(SourceError, match=r"features_attributes.zip: (the data breaks after "
-                                          r"data row \d+|data row \d+ )"):
+    with pytest.raises(SourceError, match=r"features_attributes.zip: the zip is damaged \(its "
+                                          r"CSV fails the zip's CRC check\); (the data breaks "
+                                          r"after data row \d+|data row \d+ )"):
         read(folder, "features_attributes", tmp_path)
 
 
