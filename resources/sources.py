@@ -472,6 +472,13 @@ def _zip_intact(file: Path) -> bool:
         return False
 
 
+def _csv_line(fields: list[str], delimiter: str) -> str:
+    """Fields as one CSV line again, quoted where they need it."""
+    line = io.StringIO()
+    csv.writer(line, delimiter=delimiter, lineterminator="").writerow(fields)
+    return line.getvalue()
+
+
 def _shown(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
@@ -534,7 +541,7 @@ def _find_break(stream: io.BufferedIOBase, file: Path, name: str, reading: Readi
                         f"is {raw_value.decode(guess)!r}: the file looks {guess}-encoded "
                         f"({excel}{_config_hint(name, f'encoding: {guess}')})")
             if len(fields) != len(header):
-                text = reading.delimiter.join(fields)
+                text = _csv_line(fields, reading.delimiter)
                 if len(fields) < len(header) and not state["complete"]:
                     return (f"the file ends in the middle of {where}: {len(fields)} of "
                             f"{len(header)} fields ({_shown(text)}); it is cut short")
