@@ -564,7 +564,6 @@ def _break_message(file: Path, name: str, reading: Reading, rows: int, where: di
         column = f", column {where['column']}" if where.get("column") else ""
         return (f"{file}: row group {group + 1} of {groups} (data rows {first}.."
                 f"{first + sizes[group] - 1}){column}: unreadable: {error}")
-    found = None
     with ExitStack() as stack:
         try:
             stream = _open_bytes(file, stack)
