@@ -7,9 +7,10 @@ The same evaluation serves the raw assets (each month as it is ingested) and
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from functools import cache
 from pathlib import Path
@@ -19,8 +20,11 @@ import yaml
 
 from ml_assets.months import folder_label
 from ml_assets.settings import CONFIG_DIR, SettingsError
+from resources.sources import DEFAULT_NULL_VALUES, Reading
 
 TYPES = ("text", "category", "integer", "number", "date")
+DATE_FORMATS = ("YYYY-MM-DD (a time and offset may follow: 2023-01-31T00:00:00.000Z), "
+                "M/D/YYYY or M/D/YY")
 EMPTY_MONTHS = ("outside_range", "allowed", "error")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .-]{0,100}$")
 ERROR, WARN = "ERROR", "WARN"
@@ -53,6 +57,7 @@ class SourceContract:
     columns: tuple[ColumnContract, ...]
     key: tuple[str, ...]
     empty_months: str
+    reading: Reading = field(default_factory=Reading)  # how the source's files are read
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -90,12 +95,33 @@ def _quoted(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
+READING_SETTINGS = ("encoding", "delimiter", "decimal", "null_values")
+
+
+def _reading(path: Path, name: str, source: dict, defaults: dict) -> Reading:
+    """A source's reading settings: its own, else the `defaults:` ones, else Reading's."""
+    for key in source:
+        near = difflib.get_close_matches(key, READING_SETTINGS, n=1, cutoff=0.75)
+        if near and key != near[0]:
+            raise SettingsError(f"{path}: {name}: unknown setting {key!r}; did you mean "
+                                f"{near[0]!r}?")
+    chosen = {key: source.get(key, defaults.get(key)) for key in READING_SETTINGS}
+    try:
+        return Reading(**{key: value for key, value in chosen.items() if value is not None})
+    except ValueError as error:
+        raise SettingsError(f"{path}: {name}: {error}") from None
+
+
 def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:
+    """The data contracts in `path` (default: VINTAGE_CONTRACTS, else config/contracts.yaml),
+    by source name. Raises SettingsError naming the file, source and setting that is wrong."""
     path = Path(path or os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml")
     raw = yaml.safe_load(path.read_text()) or {}
     defaults = raw.get("defaults", {})
+    _reading(path, "defaults", defaults, {})
     contracts = {}
     for name, source in (raw.get("sources") or {}).items():
+        reading = _reading(path, name, source, defaults)
         columns = []
         for column, spec in (source.get("columns") or {}).items():
             spec = spec or {}
@@ -108,6 +134,11 @@ def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:
                 return float(spec.get(key, defaults.get(key, 0.0)))
 
             values = spec.get("values")
+            markers = sorted({str(v) for v in values or ()} & set(reading.null_values))
+            if markers:
+                raise SettingsError(
+                    f"{path}: {name}.{column}: allowed values {markers} are also missing-value "
+                    f"markers (null_values), read as empty; drop them from one of the two")
             columns.append(ColumnContract(
                 name=column, type=kind, max_null_share=share("max_null_share"),
                 max_unparseable_share=share("max_unparseable_share"),
@@ -119,7 +150,7 @@ def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:
         if empty not in EMPTY_MONTHS:
             raise SettingsError(f"{path}: {name}.empty_months must be one of {EMPTY_MONTHS}")
         contracts[name] = SourceContract(name, tuple(columns), tuple(source.get("key") or ()),
-                                         empty)
+                                         empty, reading)
     return contracts
 
 
@@ -170,7 +201,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract
     departs from `contract`; `present` are the source's columns."""
     findings: dict[date, list[Finding]] = {month: [] for month in months}
     missing = [c for c in contract.column_names if c not in present]
-    new = [c for c in present if c not in contract.column_names and not c.startswith("_")]
+    new = [c for c in present if c not in contract.column_names
+           and (not c.startswith("_") or _index_hint(c))]
     for month in months:
         for column in missing:
             near = difflib.get_close_matches(column, new, n=1, cutoff=0.6)
@@ -179,7 +211,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract
                                            f"column {column} missing{hint}"))
         for column in new:
             findings[month].append(Finding(contract.name, month, "new", column,
-                                           f"new column {column}, not in the contract"))
+                                           f"new column {column}, not in the contract"
+                                           f"{_index_hint(column)}"))
     checked = [c for c in contract.columns if c.name in present]
     params: dict = {"months": months}
     measures = [m for i, c in enumerate(checked) for m in _measures(c, i, params)]
@@ -192,12 +225,32 @@ def evaluate(con: duckdb.DuckDBPyConnection, view: str, contract: SourceContract
         values = dict(zip(names, row, strict=True))
         month, rows = values["_snapshot_month"], values["rows"]
         for i, column in enumerate(checked):
-            findings[month] += _column_findings(contract.name, month, column, i, rows, values)
+            findings[month] += _column_findings(contract.name, month, column, i, rows, values,
+                                                contract.reading)
     return findings
 
 
+_PANDAS_INDEX_NAME = re.compile(r"Unnamed: [0-9]+|__index_level_[0-9]+__|index|level_[0-9]+")
+# text that stands for "missing" in files from some tool; named in a hint when not configured
+KNOWN_NULL_MARKERS = (*DEFAULT_NULL_VALUES, "None", "NONE", "<NA>", "NAN", "N.A.", "#NULL!",
+                      "\\N", "-", "?", "missing")
+
+
+def _index_hint(column: str) -> str:
+    return ("; a pandas index saved as data (to_csv without index=False, then read back)?"
+            if _PANDAS_INDEX_NAME.fullmatch(column) else "")
+
+
+def _marker_hint(example, reading: Reading) -> str:
+    if isinstance(example, str) and example.strip() in KNOWN_NULL_MARKERS \
+            and example.strip() not in reading.null_values:
+        return (f"; {example.strip()!r} looks like a missing-value marker: add it to "
+                f"null_values for this source")
+    return ""
+
+
 def _column_findings(source: str, month: date, column: ColumnContract, i: int, rows: int,
-                     values: dict) -> list[Finding]:
+                     values: dict, reading: Reading) -> list[Finding]:
     found = []
     nulls = values[f"nulls_{i}"]
     present = rows - nulls
@@ -212,7 +265,8 @@ def _column_findings(source: str, month: date, column: ColumnContract, i: int, r
             source, month, "retyped", column.name,
             f"column {column.name}: {bad / present:.1%} of {present} values are not "
             f"{column.type} (first at data row {values[f'bad_row_{i}']}: "
-            f"{values[f'bad_example_{i}']!r}); contract type {column.type}",
+            f"{values[f'bad_example_{i}']!r}); contract type {column.type}"
+            f"{_marker_hint(values[f'bad_example_{i}'], reading)}",
             {"unparseable_share": bad / present}))
     violations = values.get(f"violations_{i}") or 0
     if present and violations / present > column.max_violation_share:
@@ -310,11 +364,12 @@ INFER_SHARE = 0.99  # a column reads as a type when this share of its non-empty 
 MAX_CATEGORIES = 20
 
 
-def _staged_view(con: duckdb.DuckDBPyConnection, folder: Path, name: str, staging: Path):
+def _staged_view(con: duckdb.DuckDBPyConnection, folder: Path, name: str, staging: Path,
+                 reading: Reading):
     """The source as text rows with `_snapshot_month`, and the staged copy."""
     from resources.sources import locate, stage
 
-    staged = stage(locate(folder, name), name, staging)
+    staged = stage(locate(folder, name), name, staging, reading)
     con.read_parquet(str(staged.staged)).create_view(f"staged_{name}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW source_{name} AS SELECT *, date_trunc('month', "
                 f"parse_source_date(snapshot_date))::DATE AS _snapshot_month FROM staged_{name}")
@@ -330,7 +385,7 @@ def check_folder(folder: Path, contract_set: dict[str, SourceContract], staging:
     with duckdb.connect() as con:
         con.execute(sql_text("macros"))
         for name, contract in contract_set.items():
-            staged = _staged_view(con, folder, name, staging)
+            staged = _staged_view(con, folder, name, staging, contract.reading)
             if "snapshot_date" not in staged.columns:
                 results[name] = [Finding(name, None, "missing", "snapshot_date",
                                          "column snapshot_date missing")]
@@ -350,21 +405,34 @@ def check_folder(folder: Path, contract_set: dict[str, SourceContract], staging:
     return results
 
 
+def _reading_lines(reading: Reading, indent: str, only_changed: bool) -> list[str]:
+    """YAML lines of reading settings (those that differ from the defaults if `only_changed`)."""
+    values, defaults = asdict(reading), asdict(Reading())
+    return [f"{indent}{key}: {json.dumps(values[key])}" for key in READING_SETTINGS
+            if not only_changed or values[key] != defaults[key]]
+
+
 def infer_contract(folder: Path, names: tuple[str, ...], staging: Path) -> str:
-    """A draft contract (YAML, with the observed figures as comments) for a user to review."""
+    """A draft contract (YAML, with the observed figures as comments) for a user to review,
+    with the reading settings each file appears to need (encoding, delimiter, decimal mark)."""
+    from resources.sources import detect_reading, locate
     from resources.warehouse import sql_text
 
     lines = ["# Drafted by `vintage contract infer` from " + str(folder),
              "# Review every line: types, bounds and allowed values are guesses from the data.",
              "", "defaults:", "  max_unparseable_share: 0.01", "  max_null_share: 0.0",
-             "  max_violation_share: 0.1", "  empty_months: outside_range", "", "sources:"]
+             "  max_violation_share: 0.1", "  empty_months: outside_range",
+             *_reading_lines(Reading(), "  ", only_changed=False), "", "sources:"]
     with duckdb.connect() as con:
         con.execute(sql_text("macros"))
         for name in names:
-            staged = _staged_view(con, folder, name, staging)
+            reading = detect_reading(locate(folder, name))
+            staged = _staged_view(con, folder, name, staging, reading)
             key = [c for c in staged.columns if c.lower().endswith("_id")][:1]
             key += ["snapshot_date"] if "snapshot_date" in staged.columns else []
+            detected = _reading_lines(reading, "    ", only_changed=True)
             lines += [f"  {name}:", f"    # {staged.rows} rows in {staged.file.name}",
+                      *(["    # how the file reads (detected)"] + detected if detected else []),
                       f"    key: [{', '.join(key)}]", "    columns:"]
             for column in staged.columns:
                 lines += _infer_column(con, f"staged_{name}", column, staged.rows)
@@ -434,8 +502,8 @@ def validate_source(con: duckdb.DuckDBPyConnection, staged, contract: SourceCont
     if undated:
         raise SourceError(
             f"{staged.file}: column snapshot_date: {undated} rows have no readable date (first "
-            f"at data row {first_row}: {example!r}); expected YYYY-MM-DD, M/D/YYYY or M/D/YY "
-            f"(day-first dates read two ways and are refused)")
+            f"at data row {first_row}: {example!r}); expected {DATE_FORMATS} (day-first dates "
+            f"read two ways and are refused)")
     con.execute("CREATE OR REPLACE TEMP VIEW source_months AS SELECT *, date_trunc('month', "
                 "parse_source_date(snapshot_date))::DATE AS _snapshot_month FROM staged_source")
     file_months = month_range(staged, sql_text("macros")) if staged.rows else None

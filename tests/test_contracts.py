@@ -152,3 +152,117 @@ def test_a_malformed_contract_is_refused(tmp_path, bad):
     path.write_text(yaml.safe_dump({"sources": {"lms_loan_daily": source}}))
     with pytest.raises(SettingsError):
         load_contracts(path)
+
+
+# -- reading settings ------------------------------------------------------------------------
+
+
+def contract_file(tmp_path, defaults=None, **source_settings):
+    source = {"columns": {"x": {"type": "text"}}, **source_settings}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"defaults": defaults or {},
+                                    "sources": {"features_financials": source,
+                                                "lms_loan_daily": {"columns": {}}}}))
+    return path
+
+
+def test_reading_settings_come_from_the_defaults_and_the_source():
+    from resources.sources import Reading
+
+    shipped = load_contracts()
+    assert {c.reading for c in shipped.values()} == {Reading()}
+    assert "NA" in Reading().null_values and "" in Reading().null_values
+
+
+def test_a_source_overrides_the_default_reading_settings(tmp_path):
+    path = contract_file(tmp_path, {"delimiter": ";", "null_values": ["", "-"]},
+                         encoding="cp1252", decimal=",")
+    loaded = load_contracts(path)
+    financials, lms = loaded["features_financials"].reading, loaded["lms_loan_daily"].reading
+    assert (financials.encoding, financials.delimiter, financials.decimal,
+            financials.null_values) == ("cp1252", ";", ",", ("", "-"))
+    assert (lms.encoding, lms.delimiter, lms.decimal) == ("utf-8", ";", ".")
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"encoding": "klingon"}, "features_financials: encoding 'klingon' is not an encoding"),
+    ({"encoding": "utf-16"}, "is not supported"),
+    ({"delimiter": ";;"}, "delimiter must be one character"),
+    ({"decimal": ","}, "decimal ',' is also the delimiter"),
+    ({"null_values": ["NA", None]}, "null_values must be a list of quoted strings"),
+    ({"delimeter": ";"}, "unknown setting 'delimeter'; did you mean 'delimiter'?"),
+    ({"null_value": ["NA"]}, "did you mean 'null_values'?"),
+])
+def test_bad_reading_settings_are_refused_naming_file_source_and_setting(tmp_path, settings,
+                                                                         message):
+    from ml_assets.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=message) as error:
+        load_contracts(contract_file(tmp_path, **settings))
+    assert str(tmp_path / "c.yaml") in str(error.value)
+
+
+def test_a_bare_yaml_null_among_the_markers_is_refused(tmp_path):
+    from ml_assets.settings import SettingsError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("defaults:\n  null_values: [NA, null]\nsources: {}\n")
+    with pytest.raises(SettingsError, match="defaults: null_values must be a list of quoted"):
+        load_contracts(path)
+
+
+def test_an_allowed_category_value_that_is_a_missing_marker_is_refused(tmp_path):
+    from ml_assets.settings import SettingsError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"sources": {"features_financials": {"columns": {
+        "Credit_Mix": {"type": "category", "values": ["Good", "NA"]}}}}}))
+    with pytest.raises(SettingsError, match=r"Credit_Mix: allowed values \['NA'\] are also "
+                                            r"missing-value markers"):
+        load_contracts(path)
+
+
+def test_an_unconfigured_marker_in_a_numeric_column_is_named_as_one():
+    rows = [row()] * 90 + [row(Annual_Income="None")] * 10
+    [retyped] = [f for f in findings_for(rows) if f.kind == "retyped"]
+    assert "'None' looks like a missing-value marker: add it to null_values" in retyped.message
+
+
+def test_a_pandas_index_column_is_named_as_one():
+    rows = [{"Unnamed: 0": str(i), **row()} for i in range(5)]
+    [new] = [f for f in findings_for(rows) if f.kind == "new"]
+    assert new.message == ("new column Unnamed: 0, not in the contract; a pandas index saved as "
+                           "data (to_csv without index=False, then read back)?")
+
+
+def europeanise(path, encoding="cp1252"):
+    """A CSV as Excel saves it in a European locale on Windows: `;` between fields, `,` as the
+    decimal mark, cp1252; one text value accented."""
+    import csv
+    import re
+
+    number = re.compile(r"-?\d+\.\d+")
+    rows = list(csv.reader(path.open(newline="", encoding="utf-8")))
+    rows = [rows[0]] + [[v.replace(".", ",") if number.fullmatch(v) else v for v in r]
+                        for r in rows[1:]]
+    text = rows[0].index("Type_of_Loan")
+    rows[1][text] = "Prêt à la consommation"
+    with path.open("w", newline="", encoding=encoding) as out:
+        csv.writer(out, delimiter=";").writerows(rows)
+
+
+def test_an_inferred_draft_proposes_the_reading_settings_it_detects(tmp_path):
+    generate(tmp_path / "demo", scale=0.5, seed=3)
+    europeanise(tmp_path / "demo" / "features_financials.csv")
+    draft = infer_contract(tmp_path / "demo", SOURCE_NAMES, tmp_path / "staging")
+    assert '    encoding: "cp1252"\n    delimiter: ";"\n    decimal: ","' in draft
+    parsed = yaml.safe_load(draft)
+    assert parsed["defaults"]["null_values"] == ["", "NA", "N/A", "n/a", "NULL", "null", "NaN",
+                                                 "nan", "#N/A"]
+    assert "delimiter" not in parsed["sources"]["lms_loan_daily"]
+    path = tmp_path / "draft.yaml"
+    path.write_text(draft)
+    assert parsed["sources"]["features_financials"]["columns"]["Annual_Income"]["type"] == \
+        "number"
+    results = check_folder(tmp_path / "demo", load_contracts(path), tmp_path / "staging")
+    assert all(f.severity != "ERROR" for found in results.values() for f in found)

@@ -172,6 +172,7 @@ def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
         yield from materialized(context, evaluations, {
             "source_file": dg.MetadataValue.path(str(staged.file)),
             "source_rows": staged.rows,
+            "source_reading": "; ".join((staged.reading.describe(), *staged.notes)),
         })
 
     return raw_asset
