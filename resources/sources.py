@@ -673,6 +673,17 @@ def stage(file: Path, name: str, staging_dir: Path, reading: Reading | None = No
     return _staged_source(meta, name, file, target, reading)
 
 
+def staged_copy(name: str, file: Path, staged: Path) -> StagedSource:
+    """The StagedSource of an existing staged copy `staged` of `file` (its description is the
+    JSON beside it): what a later step of a run reads without looking at the file again.
+    Raises SourceError when the copy has gone."""
+    meta = _read_json(staged.with_suffix(".json"))
+    if meta is None or not staged.is_file():
+        raise SourceError(f"{file}: its staged copy {staged.name} is gone; run again")
+    return _staged_source(meta, name, file, staged, Reading(**{
+        **meta["reading"], "null_values": tuple(meta["reading"]["null_values"])}))
+
+
 def _staged_source(meta: dict, name: str, file: Path, target: Path, reading: Reading
                    ) -> StagedSource:
     return StagedSource(name, file, target, tuple(meta["columns"]), meta["rows"],

@@ -23,7 +23,7 @@ from ml_assets.contracts import ContractError, Finding, blocking, contracts, val
 from ml_assets.metadata import markdown_table
 from ml_assets.partitions import run_months
 from ml_assets.tables import RAW_TABLES, asset_key
-from resources.sources import Sources, StagedSource
+from resources.sources import Sources, StagedSource, staged_copy
 from resources.warehouse import Table, Warehouse
 
 # check name -> (the finding kinds it covers, blocking, description). A failing check is an
@@ -107,7 +107,7 @@ def _save_record(path: Path, months: list[date], checked: Checked) -> None:
         if time.time() - old.stat().st_mtime > RUN_RECORD_DAYS * 86400:
             old.unlink(missing_ok=True)
     record = {"months": [m.isoformat() for m in months], "sources": {
-        name: {"staged": asdict(staged),
+        name: {"file": str(staged.file), "staged": str(staged.staged),
                "findings": [asdict(f) for month in months for f in findings.get(month, [])]}
         for name, (staged, findings) in checked.items()}}
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -123,10 +123,7 @@ def _load_record(path: Path, months: list[date]) -> Checked | None:
         return None
     checked: Checked = {}
     for name, entry in record["sources"].items():
-        staged = entry["staged"]
-        staged = StagedSource(**{**staged, "file": Path(staged["file"]),
-                                 "staged": Path(staged["staged"]),
-                                 "columns": tuple(staged["columns"])})
+        staged = staged_copy(name, Path(entry["file"]), Path(entry["staged"]))
         findings: dict[date, list[Finding]] = {month: [] for month in months}
         for found in entry["findings"]:
             month = date.fromisoformat(found["month"])
