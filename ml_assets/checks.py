@@ -1,13 +1,10 @@
-"""Asset checks evaluated per month, also inside a run that covers a range of months.
-
-Dagster attaches an `AssetCheckResult` to the run's single partition, which a single-run
-backfill does not have. So assets yield one `AssetCheckEvaluation` per month (Dagster records
-each against its month and still stops downstream steps when a blocking one fails with ERROR),
-then the empty outputs their declared check specs require.
-"""
+"""The checks every silver and gold table has: keys unique within a month, and no personal
+data. Evaluated per month, also inside a run that covers a range of months: Dagster attaches an
+`AssetCheckResult` to the run's single partition, which a single-run backfill does not have,
+so every check result is an `AssetCheckEvaluation` of its month (Dagster records each against
+its month and still stops downstream steps when a blocking one fails with ERROR)."""
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
 
 import dagster as dg
@@ -15,74 +12,32 @@ import duckdb
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 
 from ml_assets.months import partition_key
-from ml_assets.partitions import monthly_partitions
-from resources.warehouse import Table
-
-
-def spec(asset_key: dg.AssetKey, name: str, description: str,
-         blocking: bool = False) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(name, asset=asset_key, description=description, blocking=blocking,
-                             partitions_def=monthly_partitions)
-
-
-def evaluation(
-    check: dg.AssetCheckSpec,
-    month: date,
-    passed: bool,
-    metadata: Mapping[str, object] | None = None,
-    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
-    description: str | None = None,
-) -> AssetCheckEvaluation:
-    return AssetCheckEvaluation(
-        asset_key=check.asset_key,
-        check_name=check.name,
-        passed=bool(passed),
-        metadata=dict(metadata or {}),
-        severity=severity,
-        description=description,
-        blocking=check.blocking,
-        partition=partition_key(month),
-        target_materialization_data=None,
-    )
-
-
-def check_outputs(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
-    """The outputs the asset's check specs require (their results were yielded per month)."""
-    for output_name in context.assets_def.check_specs_by_output_name:
-        yield dg.Output(None, output_name=output_name)
-
-
-def materialized(context: dg.AssetExecutionContext, evaluations: Iterable[AssetCheckEvaluation],
-                 metadata: Mapping[str, object] | None = None) -> Iterator:
-    """The end of every checked asset: its checks month by month, then its materialisation."""
-    yield from evaluations
-    yield dg.MaterializeResult(metadata=dict(metadata or {}))
-    yield from check_outputs(context)
-
-
-# -- checks every silver and gold table has --------------------------------------------------
+from resources.lake import Table
 
 PERSONAL_COLUMN = re.compile(r"(^|_)(name|ssn)($|_)")
 NOT_PERSONAL = {"ssn_valid"}  # a flag saying whether the SSN was well formed, not the SSN
 SSN_SHAPE = r"\s*[0-9]{3}-[0-9]{2}-[0-9]{4}\s*"
+TABLE_CHECKS = {
+    "keys_unique": "{key} unique within each month",
+    "no_personal_data": "No column named like a name or an SSN, and no SSN-shaped value",
+}
 
 
-def table_check_specs(table: Table) -> list[dg.AssetCheckSpec]:
+def table_check_specs(table: Table, partitions: dg.PartitionsDefinition
+                      ) -> list[dg.AssetCheckSpec]:
+    """The table checks of a silver or gold table (none for the others)."""
     if table.schema not in ("silver", "gold"):
         return []
     key = dg.AssetKey([table.schema, table.name])
-    return [
-        spec(key, "keys_unique", f"{', '.join(table.key)} unique within each month"),
-        spec(key, "no_personal_data",
-             "No column named like a name or an SSN, and no SSN-shaped value"),
-    ]
+    return [dg.AssetCheckSpec(name, asset=key, partitions_def=partitions,
+                              description=text.format(key=", ".join(table.key)))
+            for name, text in TABLE_CHECKS.items()]
 
 
 def evaluate_table_checks(con: duckdb.DuckDBPyConnection, table: Table, query: str,
                           months: list[date]) -> list[AssetCheckEvaluation]:
     """The table checks of each month of `query`'s rows (before they are published)."""
-    specs = {s.name: s for s in table_check_specs(table)}
-    if not specs:
+    if table.schema not in ("silver", "gold"):
         return []
     relation = con.sql(f"SELECT * FROM ({query}) LIMIT 0")
     personal = [c for c in relation.columns
@@ -94,17 +49,24 @@ def evaluate_table_checks(con: duckdb.DuckDBPyConnection, table: Table, query: s
                            for c in texts) or "0"
     keys = ", ".join(f'"{c}"' for c in table.key)
     rows = con.execute(
-        f"SELECT date_trunc('month', {table.month_column})::DATE, count(*), "
-        f"count(DISTINCT ({keys})), {ssn_counts} FROM ({query}) GROUP BY ALL",
-        {"ssn": SSN_SHAPE} if texts else {}).fetchall()
+        f"SELECT {table.month_expression}, count(*), count(DISTINCT ({keys})), {ssn_counts} "
+        f"FROM ({query}) GROUP BY ALL", {"ssn": SSN_SHAPE} if texts else {}).fetchall()
     by_month = {row[0]: row[1:] for row in rows}
+    asset = dg.AssetKey([table.schema, table.name])
+
+    def evaluation(name: str, month: date, passed: bool, metadata: dict):
+        return AssetCheckEvaluation(
+            asset_key=asset, check_name=name, passed=bool(passed), metadata=metadata,
+            severity=dg.AssetCheckSeverity.ERROR, description=None, blocking=False,
+            partition=partition_key(month), target_materialization_data=None)
+
     evaluations = []
     for month in months:
         count, distinct, *ssn_values = by_month.get(month, (0, 0))
-        evaluations.append(evaluation(specs["keys_unique"], month, count == distinct,
+        evaluations.append(evaluation("keys_unique", month, count == distinct,
                                       {"rows": count, "distinct_keys": distinct}))
         ssn_total = int(sum(ssn_values))
         evaluations.append(evaluation(
-            specs["no_personal_data"], month, not personal and ssn_total == 0,
+            "no_personal_data", month, not personal and ssn_total == 0,
             {"personal_columns": ", ".join(personal) or "none", "ssn_shaped_values": ssn_total}))
     return evaluations

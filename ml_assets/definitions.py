@@ -1,70 +1,104 @@
-"""The Dagster code location: every asset, resource and job of the platform."""
+"""The Dagster code location, built by a function from the settings: nothing is read at import.
+
+`defs` is loaded lazily by Dagster (`@dg.definitions`); tests and tools call
+`build_definitions(config, models)` with other settings, or with their own resources.
+"""
 
 from __future__ import annotations
 
-import dagster as dg
+from pathlib import Path
 
-from ml_assets.assets.gold import feature_store, label_store, source_coverage
-from ml_assets.assets.models import champion, model_assets, predictions, training_set
-from ml_assets.assets.monitoring import (
-    drift_report,
-    performance,
-    recommendation,
-    stability,
-    summary,
-)
-from ml_assets.assets.raw import raw_assets
-from ml_assets.assets.silver import silver_assets
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from ml_assets.assets.gold import gold_specs
+from ml_assets.assets.raw import raw_specs
+from ml_assets.assets.silver import silver_specs
 from ml_assets.jobs import monthly_pipeline, stage_jobs
+from ml_assets.model_config import ModelConfig, load_model_config
+from ml_assets.partitions import monthly_partitions, time_rules
 from ml_assets.schedules import monthly_schedule
 from ml_assets.sensors import sensors
-from ml_assets.settings import Settings, settings
+from ml_assets.settings import Settings, load_settings
+from ml_assets.spec import Build, TableSpec, asset_key, table_asset
+from ml_assets.tables import all_tables
+from resources.lake import Lake
 from resources.model_store import ModelStore
 from resources.sources import Sources
-from resources.warehouse import Warehouse
+
+
+def load_build(config: Settings | None = None, models: ModelConfig | None = None) -> Build:
+    """The settings (default: config/vintage.yaml and the environment), the model
+    configuration (config/models.yaml), the monthly partitions and the time rules."""
+    config = config or load_settings()
+    models = models or load_model_config()
+    return Build(config=config, models=models, partitions=monthly_partitions(config),
+                 rules=time_rules(config, models.window_months), tables=all_tables())
+
+
+def build_lake(config: Settings) -> Lake:
+    return Lake(uri=config.warehouse, catalog_path=str(config.catalog),
+                work_dir=str(config.work), storage_options=config.storage_options,
+                retention_days=config.retention_days)
 
 
 def build_resources(config: Settings) -> dict:
+    """The resources of the code location: the lake, DuckDB (memory limit and threads from
+    `duckdb:` in the settings), the sources and the model store."""
+    connection = {key: value for key, value in (("threads", config.duckdb_threads),
+                                                ("memory_limit", config.duckdb_memory_limit))
+                  if value}
     return {
-        "warehouse": Warehouse(
-            path=str(config.warehouse),
-            threads=config.duckdb_threads,
-            memory_limit=config.duckdb_memory_limit,
-        ),
+        "lake": build_lake(config),
+        "duckdb": DuckDBResource(database=":memory:", connection_config=connection),
         "sources": Sources(
             folder=str(config.source_folder),
-            staging_dir=str(config.warehouse / "_staging" / "sources"),
+            staging_dir=str(config.work / "sources"),
             demo=config.source is None,
             demo_scale=config.demo.scale,
             demo_seed=config.demo.seed,
             demo_shift_month=config.demo.shift_month.strftime("%Y-%m"),
         ),
-        "model_store": ModelStore(path=str(config.warehouse / "ml" / "artifacts")),
+        "model_store": ModelStore(path=str(Path(config.warehouse) / "ml" / "artifacts")
+                                  if config.local_warehouse else str(config.work / "artifacts")),
     }
 
 
-ASSETS = [*raw_assets, *silver_assets, label_store, feature_store, source_coverage, training_set,
-          *model_assets, champion, predictions, stability, performance, drift_report,
-          recommendation, summary]
+def table_specs(build: Build) -> list[TableSpec]:
+    """Every table of the platform, raw to monitoring."""
+    from ml_assets.assets.models import ml_specs
+    from ml_assets.assets.monitoring import monitoring_specs
+
+    return [*raw_specs(build), *silver_specs(build), *gold_specs(build), *ml_specs(build),
+            *monitoring_specs(build)]
 
 
-# Dagster's own check that a table's columns did not change between materialisations, from the
-# `dagster/column_schema` every materialisation records.
-schema_change_checks = dg.build_column_schema_change_checks(
-    assets=[asset for asset in ASSETS if asset.key.path[0] in ("silver", "gold")])
+def executor(config: Settings) -> dg.ExecutorDefinition:
+    """One process runs a run's steps one after another (`in_process`, the default: measured
+    faster on 2 cores, one DuckDB at a time), or each step in its own process, up to
+    `execution.max_concurrent` at once (`multiprocess`): months and tables written by
+    different processes are committed safely (Delta's optimistic commits)."""
+    if config.executor == "multiprocess":
+        return dg.multiprocess_executor.configured({"max_concurrent": config.max_concurrent})
+    return dg.in_process_executor
 
 
-def build_definitions(resources: dict) -> dg.Definitions:
-    """The code location over the given resources (tests pass their own warehouse).
+def build_definitions(config: Settings | None = None, models: ModelConfig | None = None,
+                      resources: dict | None = None) -> dg.Definitions:
+    """The code location over `config` and `models` (default: the configuration files) and
+    `resources` (default: from the settings)."""
+    build = load_build(config, models)
+    assets = [table_asset(spec, build) for spec in table_specs(build)]
+    checked = [asset_key(t) for t in build.tables if t.schema in ("silver", "gold")]
+    # Dagster's own check that a table's columns did not change between materialisations,
+    # from the `dagster/column_schema` every materialisation records.
+    schema_change_checks = dg.build_column_schema_change_checks(assets=checked)
+    return dg.Definitions(assets=assets, asset_checks=schema_change_checks,
+                          resources=resources or build_resources(build.config),
+                          jobs=[monthly_pipeline, *stage_jobs], schedules=[monthly_schedule],
+                          sensors=sensors, executor=executor(build.config))
 
-    Runs execute their steps one after another in one process: measured on 2 cores, running
-    independent steps side by side in separate processes was slower (96 s against 75 s for
-    the 1x demo), as the steps already use both cores and each process pays its start-up.
-    It also keeps a run's memory to one DuckDB at a time."""
-    return dg.Definitions(assets=ASSETS, asset_checks=schema_change_checks,
-                          resources=resources, jobs=[monthly_pipeline, *stage_jobs],
-                          schedules=[monthly_schedule], sensors=sensors,
-                          executor=dg.in_process_executor)
 
-
-defs = build_definitions(build_resources(settings()))
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

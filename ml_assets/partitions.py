@@ -1,19 +1,22 @@
-"""The monthly partitions, defined once, and the partition mappings that carry the time rules."""
+"""The monthly partitions and the partition mappings that carry the time rules, built from the
+settings (never at import): every window a transform uses comes from these."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
 import pyarrow as pa
 
 from ml_assets.months import add_months, parse_month, partition_key
-from ml_assets.settings import Settings, settings
+from ml_assets.settings import Settings
 
 
 def source_month_range(config: Settings) -> tuple[date, date]:
-    """The first and last month of the data: configured, else the lms file's snapshot months."""
+    """The first and last month of the data: configured, else the lms file's snapshot months
+    (the demo's are known; a user's lms file is staged once, then found by its signature)."""
     if config.first_month and config.last_month:
         return config.first_month, config.last_month
     if config.source is None:
@@ -21,16 +24,16 @@ def source_month_range(config: Settings) -> tuple[date, date]:
 
         first, last = demo_month_range()
     else:
+        from resources.lake import sql_text
         from resources.sources import locate, month_range, stage
-        from resources.warehouse import sql_text
 
         lms = stage(locate(config.source, "lms_loan_daily"), "lms_loan_daily",
-                    config.warehouse / "_staging" / "sources")
+                    config.work / "sources")
         first, last = month_range(lms, sql_text("macros"))
     return config.first_month or first, config.last_month or last
 
 
-def monthly_partitions_def(config: Settings) -> dg.MonthlyPartitionsDefinition:
+def monthly_partitions(config: Settings) -> dg.MonthlyPartitionsDefinition:
     """From the first month of the data (or `months.first`) to the last complete month (or
     `months.last`): open-ended, so that next month's partition exists when its data arrives and
     the schedule and sensors can ask for it without reloading the code location."""
@@ -40,56 +43,67 @@ def monthly_partitions_def(config: Settings) -> dg.MonthlyPartitionsDefinition:
                                           end_offset=0)
 
 
-monthly_partitions = monthly_partitions_def(settings())
-
-
-def _window(start_offset: int, end_offset: int) -> dg.TimeWindowPartitionMapping:
+def window(start_offset: int, end_offset: int) -> dg.TimeWindowPartitionMapping:
+    """Months start_offset..end_offset relative to each month (a window wholly before the
+    first month reads as no rows)."""
     return dg.TimeWindowPartitionMapping(
         start_offset=start_offset, end_offset=end_offset, allow_nonexistent_upstream_partitions=True
     )
 
 
-# The time rules, as partition mappings; every window the transforms use comes from these.
-# Point in time: a feature of application month S reads clickstream of S and the months before it.
-clickstream_window = _window(-(settings().clickstream_lookback_months - 1), 0)
-# Source coverage of month M is judged against the months before it: its trailing level.
-coverage_trailing = _window(-settings().coverage.trailing_months, -1)
-coverage_history = _window(-settings().coverage.trailing_months, 0)
+@dataclass(frozen=True)
+class TimeRules:
+    """The time rules of DESIGN section 3 as partition mappings.
+
+    - clickstream: a feature of application month S reads clickstream of S and the months
+      before it (the lookback), never later;
+    - coverage_trailing / coverage_history: source coverage of S is judged against the months
+      before it (and the chart shows them with S);
+    - training_labels / training_features: training month T learns from the label months
+      T-window..T-1 (labels observed before T only) and their application months, `mob`
+      months earlier, in the feature store;
+    - matured: the performance of label month L is measured on the predictions of L - mob;
+    - previous: the month before (the champion gate goes month by month)."""
+
+    clickstream: dg.TimeWindowPartitionMapping
+    coverage_trailing: dg.TimeWindowPartitionMapping
+    coverage_history: dg.TimeWindowPartitionMapping
+    training_labels: dg.TimeWindowPartitionMapping
+    training_features: dg.TimeWindowPartitionMapping
+    matured: dg.TimeWindowPartitionMapping
+    previous: dg.TimeWindowPartitionMapping
 
 
-def training_windows(window_months: int, mob: int) -> tuple[dg.TimeWindowPartitionMapping, ...]:
-    """For training month T: the label months T-window..T-1 (labels observed before T only),
-    and their application months, `mob` months earlier, in the feature store."""
-    labels = _window(-window_months, -1)
-    features = _window(-window_months - mob, -1 - mob)
-    return labels, features
+def time_rules(config: Settings, window_months: int) -> TimeRules:
+    mob, trailing = config.label.mob, config.coverage.trailing_months
+    return TimeRules(
+        clickstream=window(-(config.clickstream_lookback_months - 1), 0),
+        coverage_trailing=window(-trailing, -1),
+        coverage_history=window(-trailing, 0),
+        training_labels=window(-window_months, -1),
+        training_features=window(-window_months - mob, -1 - mob),
+        matured=window(-mob, -mob),
+        previous=window(-1, -1),
+    )
 
 
-def run_months(context: dg.AssetExecutionContext) -> list[date]:
-    """The months this run materialises: one, or a range in a single-run backfill."""
-    return [parse_month(key) for key in context.partition_keys]
-
-
-def upstream_months(
-    mapping: dg.PartitionMapping | None,
-    months: Iterable[date],
-    partitions_def: dg.PartitionsDefinition = monthly_partitions,
-) -> list[date]:
+def upstream_months(mapping: dg.PartitionMapping | None, months: Iterable[date],
+                    partitions: dg.PartitionsDefinition) -> list[date]:
     """The upstream months `months` read through `mapping` (None: the same months)."""
     months = sorted(set(months))
     if mapping is None:
         return months
-    subset = partitions_def.empty_subset().with_partition_keys([partition_key(m) for m in months])
+    subset = partitions.empty_subset().with_partition_keys([partition_key(m) for m in months])
     result = mapping.get_upstream_mapped_partitions_result_for_partitions(
-        subset, partitions_def, partitions_def
-    )
+        subset, partitions, partitions)
     return sorted(parse_month(key) for key in result.partitions_subset.get_partition_keys())
 
 
-def window_pairs(mapping: dg.PartitionMapping, months: Iterable[date]) -> pa.Table:
+def window_pairs(mapping: dg.PartitionMapping, months: Iterable[date],
+                 partitions: dg.PartitionsDefinition) -> pa.Table:
     """(month, upstream_month) for every month and each upstream month `mapping` gives it: the
     window a transform joins on, so its SQL needs no month arithmetic of its own."""
     pairs = [(month, upstream) for month in sorted(set(months))
-             for upstream in upstream_months(mapping, [month])]
+             for upstream in upstream_months(mapping, [month], partitions)]
     return pa.table({"month": pa.array([p[0] for p in pairs], pa.date32()),
                      "upstream_month": pa.array([p[1] for p in pairs], pa.date32())})

@@ -6,13 +6,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from ml_assets.assets.monitoring import performance
 from ml_assets.jobs import monthly_pipeline
 from ml_assets.months import parse_month, partition_key
-from ml_assets.partitions import monthly_partitions
-from ml_assets.tables import RAW_TABLES, RECOMMENDATION, TRAINING_SET, asset_key
+from ml_assets.spec import asset_key
+from ml_assets.tables import PERFORMANCE, RAW_TABLES, RECOMMENDATION, TRAINING_SET
+from resources.lake import Lake, sql_text
 from resources.sources import SOURCE_NAMES, SourceError, Sources, fingerprint, locate
-from resources.warehouse import Warehouse, sql_text
 
 SOURCE_FILES_TAG = "vintage/trigger"
 
@@ -41,7 +40,8 @@ def source_files(context: dg.SensorEvaluationContext, sources: Sources):
     last seen and a digest of each of its months' rows."""
     seen = json.loads(context.cursor) if context.cursor else {}
     folder = Path(sources.folder)
-    available = set(monthly_partitions.get_partition_keys())
+    partitions = context.repository_def.get_job(monthly_pipeline.name).partitions_def
+    available = set(partitions.get_partition_keys())
     graph = context.repository_def.asset_graph
     requests = []
     for name in SOURCE_NAMES:
@@ -74,7 +74,7 @@ def source_files(context: dg.SensorEvaluationContext, sources: Sources):
 # evaluated by this sensor, on by default.
 label_maturity = dg.AutomationConditionSensorDefinition(
     "label_maturity",
-    target=dg.AssetSelection.assets(performance),
+    target=dg.AssetSelection.assets(asset_key(PERFORMANCE)),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
     description="Measures monitoring/performance for a label month as soon as its labels land.",
@@ -89,7 +89,7 @@ label_maturity = dg.AutomationConditionSensorDefinition(
                 "training set, the candidates, the champion gate and what follows, for that "
                 "month. Off by default.",
 )
-def retrain_on_recommendation(context: dg.SensorEvaluationContext, warehouse: Warehouse):
+def retrain_on_recommendation(context: dg.SensorEvaluationContext, lake: Lake):
     """Cursor: the storage id of the last recommendation materialisation looked at."""
     after = int(context.cursor) if context.cursor else 0
     records = context.instance.fetch_materializations(
@@ -101,11 +101,11 @@ def retrain_on_recommendation(context: dg.SensorEvaluationContext, warehouse: Wa
     graph = context.repository_def.asset_graph
     selection = downstream_of(asset_key(TRAINING_SET), graph)
     requests = []
-    with warehouse.connect() as con:
-        published = set(warehouse.published_months(RECOMMENDATION))
+    with duckdb.connect() as con:
+        published = set(lake.published_months(RECOMMENDATION))
         wanted = [parse_month(m) for m in months if parse_month(m) in published]
         if wanted:
-            warehouse.register_input(con, "recommendations", RECOMMENDATION, wanted)
+            lake.read(con, "recommendations", RECOMMENDATION, wanted)
             rows = con.execute("SELECT month, reasons FROM recommendations "
                                "WHERE recommendation = 'retrain' ORDER BY month").fetchall()
             for month, reasons in rows:

@@ -99,11 +99,21 @@ class MonitoringSettings:
     drift_report_features: int | None
 
 
+EXECUTORS = ("in_process", "multiprocess")
+
+
 @dataclass(frozen=True)
 class Settings:
     config_file: Path
     source: Path | None  # None: the embedded demo data
-    warehouse: Path
+    warehouse: str  # an absolute folder, or s3://bucket/prefix
+    catalog: Path  # the DuckDB catalog file (always local)
+    work: Path  # local scratch: staged sources, staging of a step's months, DuckDB's spill
+    storage_options: dict[str, str]  # delta-rs object-store options of a bucket warehouse
+    retention_days: int  # old table versions are kept this long, then vacuumed
+    executor: str  # in_process | multiprocess
+    max_concurrent: int  # steps at once with the multiprocess executor
+    dagster_home: Path  # the Dagster instance of this warehouse
     demo: DemoSettings
     first_month: date | None
     last_month: date | None
@@ -119,6 +129,38 @@ class Settings:
     @property
     def source_folder(self) -> Path:
         return self.source if self.source is not None else self.demo.folder
+
+    @property
+    def local_warehouse(self) -> bool:
+        return "://" not in self.warehouse
+
+
+def _warehouse_paths(raw_paths: dict, storage: dict, environ) -> dict:
+    """The warehouse (a folder or a bucket), its catalog, work folder and Dagster instance: a
+    folder warehouse keeps them inside it; a bucket needs a local catalog and work folder
+    (default `.vintage/` in the working directory)."""
+    warehouse = str(environ.get("VINTAGE_WAREHOUSE") or raw_paths.get("warehouse")
+                    or "warehouse")
+    if "://" in warehouse:
+        if not warehouse.startswith(("s3://", "s3a://", "file://")):
+            raise SettingsError(f"paths.warehouse: {warehouse!r}: a folder or s3://bucket/prefix")
+        if warehouse.startswith("file://"):
+            warehouse = warehouse.removeprefix("file://")
+    local = "://" not in warehouse
+    if local:
+        warehouse = str(Path(warehouse).resolve())
+    base = Path(warehouse) if local else Path(".vintage").resolve()
+    catalog = raw_paths.get("catalog") or environ.get("VINTAGE_CATALOG")
+    work = raw_paths.get("work") or environ.get("VINTAGE_WORK")
+    home = environ.get("DAGSTER_HOME") or raw_paths.get("dagster_home")
+    options = {str(k): str(v) for k, v in (storage.get("options") or {}).items()}
+    return {
+        "warehouse": warehouse,
+        "catalog": Path(catalog).resolve() if catalog else base / "catalog.duckdb",
+        "work": Path(work).resolve() if work else base / "_work",
+        "dagster_home": Path(home).resolve() if home else base / "_dagster",
+        "storage_options": options,
+    }
 
 
 def _optional_month(value, key: str) -> date | None:
@@ -213,11 +255,20 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
     months, label = raw.get("months", {}), raw.get("label", {})
     duck = raw.get("duckdb", {})
     source = environ.get("VINTAGE_SOURCE") or paths.get("source")
-    warehouse = environ.get("VINTAGE_WAREHOUSE") or paths.get("warehouse") or "warehouse"
+    storage, execution = raw.get("storage") or {}, raw.get("execution") or {}
+    executor = execution.get("executor", "in_process")
+    if executor not in EXECUTORS:
+        raise SettingsError(f"execution.executor: one of {', '.join(EXECUTORS)}, got "
+                            f"{executor!r}")
     settings = Settings(
         config_file=path.resolve(),
         source=Path(source).resolve() if source else None,
-        warehouse=Path(warehouse).resolve(),
+        **_warehouse_paths(paths, storage, environ),
+        retention_days=_positive_int(storage.get("retention_days", 30),
+                                     "storage.retention_days"),
+        executor=executor,
+        max_concurrent=_positive_int(execution.get("max_concurrent", 2),
+                                     "execution.max_concurrent"),
         demo=DemoSettings(
             folder=Path(demo.get("folder", "data/demo")).resolve(),
             scale=float(demo.get("scale", 1)),
@@ -249,5 +300,6 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
 
 @cache
 def settings() -> Settings:
-    """The settings of this process (read once: the code location's shape depends on them)."""
+    """The settings of this process, read on first use (never at import): the code location
+    is built from them by `ml_assets.definitions.build_definitions`."""
     return load_settings()

@@ -16,15 +16,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
-from ml_assets.assets.lake import RESULT, compute, describe_table, monthly_asset, publish
-from ml_assets.checks import evaluation, materialized, spec
 from ml_assets.contracts import ContractError, Finding, blocking, contracts, validate_source
 from ml_assets.metadata import markdown_table
-from ml_assets.partitions import run_months
-from ml_assets.tables import RAW_TABLES, asset_key
+from ml_assets.spec import WARN, Build, Check, Step, StepFailed, TableSpec, asset_key
+from ml_assets.tables import RAW_TABLES
+from resources.lake import Lake, Table, sql_text
 from resources.sources import Sources, StagedSource, staged_copy
-from resources.warehouse import Table, Warehouse
 
 # check name -> (the finding kinds it covers, blocking, description). A failing check is an
 # ERROR if any of its findings is (a missing or retyped column, an empty month, too many empty
@@ -42,21 +41,17 @@ CONTRACT_CHECKS = {
 }
 
 
-def contract_evaluations(check_specs: dict[str, dg.AssetCheckSpec], findings, file_name: str):
-    """One evaluation per check and month from the month's contract findings."""
-    evaluations = []
+def record_contract_checks(step: Step, findings: dict[date, list[Finding]], file_name: str
+                           ) -> None:
+    """One result per check and month from the month's contract findings."""
     for month, month_findings in findings.items():
         for name, (kinds, _, _) in CONTRACT_CHECKS.items():
             hits = [f for f in month_findings if f.kind in kinds]
             errors = any(f.severity == "ERROR" for f in hits)
-            evaluations.append(evaluation(
-                check_specs[name], month, not hits,
-                {"findings": dg.MetadataValue.md(
-                    "\n".join(f"- {f.severity}: {f.describe(file_name)}" for f in hits)
-                    or "none")},
-                severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
-                description="; ".join(f.describe(file_name) for f in hits) or None))
-    return evaluations
+            step.check(name, month, not hits, {"findings": dg.MetadataValue.md(
+                "\n".join(f"- {f.severity}: {f.describe(file_name)}" for f in hits) or "none")},
+                severity=dg.AssetCheckSeverity.ERROR if errors else WARN,
+                description="; ".join(f.describe(file_name) for f in hits) or None)
 
 
 RUN_RECORD_DAYS = 2  # run records older than this are removed
@@ -69,28 +64,29 @@ def ingested_sources(selection) -> list[str]:
             if not selection or asset_key(table) in selection]
 
 
-def _record_path(warehouse: Warehouse, run_id: str) -> Path:
-    return warehouse.root / "_staging" / "runs" / f"{run_id}.json"
+def _record_path(lake: Lake, run_id: str) -> Path:
+    return lake.work / "runs" / f"{run_id}.json"
 
 
 Checked = dict[str, tuple[StagedSource, dict[date, list[Finding]]]]
 
 
-def check_run_sources(warehouse: Warehouse, sources: Sources, names: list[str],
+def check_run_sources(lake: Lake, sources: Sources, names: list[str],
                       months: list[date], run_id: str) -> Checked:
     """Sources `names`, staged and checked against their contracts for `months`, once per run:
     the first caller (`vintage run` before the run starts, else the run's first raw step) does
-    it and records the staged copies and findings under `<warehouse>/_staging/runs/<run_id>
-    .json`; the run's raw steps (in this process or another) read that record, so all of them
-    ingest the same file versions and each file is read once. Returns source -> (staged copy,
-    findings by month). Raises ContractError for a source without a contract, SourceError for
-    a file that cannot be read."""
-    path = _record_path(warehouse, run_id)
+    it and records the staged copies and findings under `<work>/runs/<run_id>.json`; the run's
+    raw steps (in this process or another) read that record, so all of them ingest the same
+    file versions and each file is read once. Returns source -> (staged copy, findings by
+    month). Raises ContractError for a source without a contract, SourceError for a file that
+    cannot be read."""
+    path = _record_path(lake, run_id)
     recorded = _load_record(path, months)
     if recorded is not None and set(names) <= set(recorded):
         return recorded
     checked: Checked = {}
-    with warehouse.connect() as con:
+    with duckdb.connect() as con:
+        con.execute(sql_text("macros"))
         for name in names:
             contract = contracts().get(name)
             if contract is None:
@@ -132,47 +128,47 @@ def _load_record(path: Path, months: list[date]) -> Checked | None:
     return checked
 
 
-def build_raw_asset(source_name: str, table: Table) -> dg.AssetsDefinition:
-    check_specs = {name: spec(asset_key(table), name, description, blocking=stops)
-                   for name, (_, stops, description) in CONTRACT_CHECKS.items()}
-
-    @monthly_asset(**describe_table(table, checks=check_specs.values()))
-    def raw_asset(context: dg.AssetExecutionContext, warehouse: Warehouse, sources: Sources):
-        months = run_months(context)
-        checked = check_run_sources(warehouse, sources,
-                                    ingested_sources(context.run.asset_selection), months,
-                                    context.run.run_id)
+def raw_compute(source_name: str, table: Table):
+    """The compute of a raw table: the source's rows of the step's months, verbatim, once
+    every source the run ingests has been checked against its contract."""
+    def compute(step: Step) -> dict[Table, str]:
+        months = step.months
+        sources: Sources = step.resources["sources"]
+        run = step.context.run
+        checked = check_run_sources(step.lake, sources, ingested_sources(run.asset_selection),
+                                    months, run.run_id)
         staged, findings = checked[source_name]
-        with warehouse.connect() as con:
-            evaluations = contract_evaluations(check_specs, findings, staged.file.name)
-            stopping = [(other.file.name, f) for other, other_findings in checked.values()
-                        for f in blocking(other_findings)]
-            if stopping:
-                yield from evaluations
-                raise ContractError(
-                    "\n".join(f.describe(file_name) for file_name, f in stopping)
-                    + "\nnothing ingested: the run stops before its first write, so every "
-                      "published month is unchanged")
-            con.read_parquet(str(staged.staged)).create_view("source")
-            compute(con, "raw/source_rows", {
-                "source_file": str(staged.file),
-                "ingested_at": datetime.now(UTC).replace(tzinfo=None),
-                "first_month": months[0],
-                "last_month": months[-1],
-            })
-            per_month = {m: {"contract_findings": dg.MetadataValue.md(markdown_table(
+        record_contract_checks(step, findings, staged.file.name)
+        stopping = [(other.file.name, f) for other, other_findings in checked.values()
+                    for f in blocking(other_findings)]
+        if stopping:
+            raise StepFailed(
+                "\n".join(f.describe(file_name) for file_name, f in stopping)
+                + "\nnothing ingested: the run stops before its first write, so every "
+                  "published month is unchanged")
+        step.con.read_parquet(str(staged.staged)).create_view("source")
+        for month in months:
+            step.metadata(month, {"contract_findings": dg.MetadataValue.md(markdown_table(
                 ["kind", "column", "finding"],
-                [[f.kind, f.column, f.message] for f in findings[m]]) if findings[m] else "none")}
-                for m in months}
-            evaluations += publish(context, warehouse, con, table, f"SELECT * FROM {RESULT}",
-                                   months, per_month)
-        yield from materialized(context, evaluations, {
+                [[f.kind, f.column, f.message] for f in findings[month]])
+                if findings[month] else "none")})
+        step.result_metadata.update({
             "source_file": dg.MetadataValue.path(str(staged.file)),
             "source_rows": staged.rows,
             "source_reading": "; ".join((staged.reading.describe(), *staged.notes)),
         })
+        return {table: step.sql("raw/source_rows", {
+            "source_file": str(staged.file),
+            "ingested_at": datetime.now(UTC).replace(tzinfo=None),
+            "first_month": months[0], "last_month": months[-1]})}
+    return compute
 
-    return raw_asset
 
-
-raw_assets = [build_raw_asset(name, table) for name, table in RAW_TABLES.items()]
+def raw_specs(build: Build) -> list[TableSpec]:
+    """One raw table per source: no input table (it reads the source file), the contract checks
+    (the schema check blocks what is downstream), the sources resource."""
+    return [TableSpec(
+        table=table, compute=raw_compute(name, table), resources=("sources",),
+        checks=tuple(Check(check, description, blocking)
+                     for check, (_, blocking, description) in CONTRACT_CHECKS.items()))
+        for name, table in RAW_TABLES.items()]

@@ -14,34 +14,11 @@ from datetime import date
 import dagster as dg
 import duckdb
 
-from ml_assets.assets.lake import (
-    RESULT,
-    Upstream,
-    compute,
-    describe_table,
-    month_batches,
-    monthly_asset,
-    publish,
-)
-from ml_assets.checks import evaluation, materialized, spec
-from ml_assets.contracts import ContractError
 from ml_assets.metadata import markdown_table
 from ml_assets.months import folder_label
-from ml_assets.partitions import run_months
-from ml_assets.settings import settings
-from ml_assets.tables import (
-    RAW_ATTRIBUTES,
-    RAW_CLICKSTREAM,
-    RAW_FINANCIALS,
-    RAW_LMS,
-    SILVER_ATTRIBUTES,
-    SILVER_CLICKSTREAM,
-    SILVER_FINANCIALS,
-    SILVER_LOAN_DAILY,
-    asset_key,
-    quarantine_of,
-)
-from resources.warehouse import Publication, Table, Warehouse, sql_text
+from ml_assets.spec import RESULT, Build, Check, Input, Step, StepFailed, TableSpec
+from ml_assets.tables import RAW_TABLES, SILVER_TABLES, quarantine_of
+from resources.lake import Table, sql_text
 
 _CLEANING_STRUCT = re.compile(r"^(num|int|cat|parsed)__([A-Za-z0-9_]+)$")
 _FIELD = re.compile(r"^[a-z_]+$")
@@ -51,7 +28,9 @@ REJECTED_ROWS = (
     f"SELECT _snapshot_month, _source_file, _row_number, _reject_reason AS reason "
     f"FROM {RESULT} WHERE _reject_reason IS NOT NULL"
 )
-MAX_QUARANTINE_SHARE = settings().checks.max_quarantine_share
+# each silver table and the raw table it cleans
+RAW_OF = {"loan_daily": "lms_loan_daily", "clickstream": "feature_clickstream",
+          "attributes": "features_attributes", "financials": "features_financials"}
 
 
 def rule_counts(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
@@ -94,83 +73,58 @@ def _rules_metadata(counts: dict[str, int]) -> dict:
     }
 
 
-def build_silver_asset(table: Table, raw_table: Table) -> dg.AssetsDefinition:
-    upstream = Upstream(f"raw_{raw_table.name}", raw_table)
-    quarantine = quarantine_of(table)
-    key = asset_key(table)
-    checks = {
-        "rows_reconciled": spec(key, "rows_reconciled",
-                                "Raw rows in = rows out + rows quarantined + exact duplicates "
-                                "dropped"),
-        "quarantine_share": spec(key, "quarantine_share",
-                                 f"At most {MAX_QUARANTINE_SHARE:.1%} of the month's rows "
-                                 "quarantined (checks.max_quarantine_share)"),
-    }
-
-    def clean_months(context: dg.AssetExecutionContext, warehouse: Warehouse, months: list[date],
-                     kept: Publication, rejected: Publication) -> tuple[list, dict]:
-        """Clean one group of the run's months and stage them: the table's check evaluations
-        and, per month, the figures of its materialisation."""
-        with warehouse.connect() as con:
-            warehouse.register_input(con, "raw_rows", raw_table, months)
-            rows_in = dict(con.execute("SELECT _snapshot_month, count(*) FROM raw_rows "
-                                       "GROUP BY ALL").fetchall())
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {upstream.view} AS "
-                        f"{sql_text('silver/distinct_rows')}")
-            compute(con, f"silver/{table.name}")
-            duplicated = duplicate_keys(con, table)
-            if duplicated:
-                raise ContractError("\n".join(
-                    f"{file}: {folder_label(month)}: {', '.join(table.key)} {tuple(key)} "
-                    f"appears {n} times with different values (data rows {rows[0]} and "
-                    f"{rows[1]}); nothing published"
-                    for month, *key, n, rows, file in duplicated))
-            rules = rule_counts(con)
-            distinct = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {upstream.view} "
-                                        "GROUP BY ALL").fetchall())
-            quarantined = rejected.stage(con, REJECTED_ROWS, months)
-            per_month = {month: {
-                "rows_in": int(rows_in.get(month, 0)),
-                "duplicate_rows_dropped": int(rows_in.get(month, 0) - distinct.get(month, 0)),
-                "rows_quarantined": quarantined[month],
-                "quarantine_table": quarantine.qualified_name,
-                **_rules_metadata(rules.get(month, {})),
-            } for month in months}
-            evaluations = publish(context, warehouse, con, table, KEPT_ROWS, months, per_month,
-                                  kept)
-        return evaluations, per_month
-
-    @monthly_asset(**describe_table(table, checks=checks.values()), deps=[upstream.dep()])
-    def silver_asset(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        months = run_months(context)
-        evaluations, figures = [], {}
-        with warehouse.publication(table) as kept, warehouse.publication(quarantine) as rejected:
-            for batch in month_batches(warehouse, [upstream], months):
-                batch_evaluations, batch_figures = clean_months(context, warehouse, batch, kept,
-                                                                rejected)
-                evaluations += batch_evaluations
-                figures.update(batch_figures)
+def silver_compute(table: Table, max_quarantine_share: float):
+    def compute(step: Step) -> dict[Table, str]:
+        con, months = step.con, step.months
+        rows_in = dict(con.execute("SELECT _snapshot_month, count(*) FROM raw_rows "
+                                   "GROUP BY ALL").fetchall())
+        view = f"raw_{RAW_OF[table.name]}"
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql_text('silver/distinct_rows')}")
+        step.sql(f"silver/{table.name}")
+        duplicated = duplicate_keys(con, table)
+        if duplicated:
+            raise StepFailed("\n".join(
+                f"{file}: {folder_label(month)}: {', '.join(table.key)} {tuple(key)} "
+                f"appears {n} times with different values (data rows {rows[0]} and "
+                f"{rows[1]}); nothing published"
+                for month, *key, n, rows, file in duplicated))
+        rules = rule_counts(con)
+        distinct = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {view} "
+                                    "GROUP BY ALL").fetchall())
+        kept = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {RESULT} WHERE "
+                                "_reject_reason IS NULL GROUP BY ALL").fetchall())
+        rejected = dict(con.execute(f"SELECT _snapshot_month, count(*) FROM {RESULT} WHERE "
+                                    "_reject_reason IS NOT NULL GROUP BY ALL").fetchall())
         for month in months:
-            raw_rows, duplicates, quarantined, published = (
-                figures[month]["rows_in"], figures[month]["duplicate_rows_dropped"],
-                figures[month]["rows_quarantined"], kept.counts[month])
+            raw_rows, quarantined = int(rows_in.get(month, 0)), int(rejected.get(month, 0))
+            duplicates, published = raw_rows - int(distinct.get(month, 0)), kept.get(month, 0)
             share = quarantined / raw_rows if raw_rows else 0.0
-            evaluations.append(evaluation(
-                checks["rows_reconciled"], month,
-                raw_rows == published + quarantined + duplicates,
-                {"rows_in": raw_rows, "rows_out": published, "quarantined": quarantined,
-                 "duplicates_dropped": duplicates}))
-            evaluations.append(evaluation(
-                checks["quarantine_share"], month, share <= MAX_QUARANTINE_SHARE,
-                {"quarantined": quarantined, "share": share, "max_share": MAX_QUARANTINE_SHARE}))
-        yield from materialized(context, evaluations)
+            step.metadata(month, {
+                "rows_in": raw_rows, "duplicate_rows_dropped": duplicates,
+                "rows_quarantined": quarantined,
+                "quarantine_table": quarantine_of(table).qualified_name,
+                **_rules_metadata(rules.get(month, {}))})
+            step.check("rows_reconciled", month,
+                       raw_rows == published + quarantined + duplicates,
+                       {"rows_in": raw_rows, "rows_out": published, "quarantined": quarantined,
+                        "duplicates_dropped": duplicates})
+            step.check("quarantine_share", month, share <= max_quarantine_share,
+                       {"quarantined": quarantined, "share": share,
+                        "max_share": max_quarantine_share})
+        return {table: KEPT_ROWS, quarantine_of(table): REJECTED_ROWS}
+    return compute
 
-    return silver_asset
 
-
-silver_assets = [
-    build_silver_asset(SILVER_LOAN_DAILY, RAW_LMS),
-    build_silver_asset(SILVER_CLICKSTREAM, RAW_CLICKSTREAM),
-    build_silver_asset(SILVER_ATTRIBUTES, RAW_ATTRIBUTES),
-    build_silver_asset(SILVER_FINANCIALS, RAW_FINANCIALS),
-]
+def silver_specs(build: Build) -> list[TableSpec]:
+    """A silver table per source, with its quarantine, computed in groups of months."""
+    share = build.config.checks.max_quarantine_share
+    return [TableSpec(
+        table=table, compute=silver_compute(table, share), batched=True,
+        inputs=(Input(RAW_TABLES[RAW_OF[table.name]], "raw_rows"),),
+        also_writes=(quarantine_of(table),),
+        checks=(Check("rows_reconciled",
+                      "Raw rows in = rows out + rows quarantined + exact duplicates dropped"),
+                Check("quarantine_share",
+                      f"At most {share:.1%} of the month's rows quarantined "
+                      "(checks.max_quarantine_share)")))
+        for table in SILVER_TABLES]
