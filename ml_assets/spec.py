@@ -304,8 +304,8 @@ def table_asset(spec: TableSpec, build: Build) -> dg.AssetsDefinition:
                                  build.config.batch_rows) if spec.batched else [months])
         try:
             with ExitStack() as stack:
-                publications = {t: stack.enter_context(lake.publication(t, context.run.run_id))
-                                for t in spec.tables}
+                publications = {t: stack.enter_context(lake.publication(
+                    t, context.run.run_id, step.read_versions)) for t in spec.tables}
 
                 def stage(table: Table, query: str, group: list[date]) -> None:
                     if table == spec.table:

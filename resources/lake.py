@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 SCHEMAS = ("raw", "silver", "gold", "ml", "monitoring")
 PARTITION = "month"  # every table's partition column: the first day of its rows' month
 MONTHS_KEY = "vintage.months"  # the commit metadata naming the months a commit published
+INPUTS_KEY = "vintage.input_versions"  # ... and the version of every table its step read
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 CATALOG_FILE = "catalog.duckdb"
 # The catalog's storage format: DuckDB 2.0 writes version 69 by default, which DuckDB 1.x
@@ -171,14 +172,16 @@ class Publication:
         self.counts.update(staged)
         return staged
 
-    def commit(self, run_id: str | None = None) -> int | None:
+    def commit(self, run_id: str | None = None,
+               input_versions: dict[str, int] | None = None) -> int | None:
         """Publish every staged month as one Delta commit; returns the table's new version
-        (None when nothing was staged)."""
+        (None when nothing was staged). `input_versions` (table -> the Delta version read) go
+        into the commit's metadata: the lineage a model or a month is reproduced from."""
         if not self.counts:
             return None
         dataset = ds.dataset([str(f) for f in self.files], format="parquet")
         self.version, self.added_columns = self.lake._commit(
-            self.table, dataset, sorted(self.counts), run_id)
+            self.table, dataset, sorted(self.counts), run_id, input_versions or {})
         return self.version
 
 
@@ -259,6 +262,20 @@ class Lake(dg.ConfigurableResource):
         delta = self.delta(table, version)
         return [] if delta is None else sorted(_published(delta))
 
+    def commit_metadata(self, table: Table, version: int) -> dict:
+        """What the commit of `version` recorded: its months (`vintage.months`), the version of
+        every table its step read (`vintage.input_versions`), its run (`vintage.run_id`)."""
+        delta = self.delta(table)
+        if delta is None:
+            raise LakeError(f"{table.qualified_name} has no commit")
+        for commit in delta.history():
+            if commit.get("version") == version:
+                return {"months": json.loads(commit.get(MONTHS_KEY) or "[]"),
+                        "input_versions": json.loads(commit.get(INPUTS_KEY) or "{}"),
+                        "run_id": commit.get("vintage.run_id"),
+                        "timestamp": commit.get("timestamp")}
+        raise LakeError(f"{table.qualified_name} has no version {version} in its log")
+
     def month_rows(self, table: Table, month: date) -> int:
         """Rows of a published month, from the Delta log's file statistics."""
         delta = self.delta(table)
@@ -303,15 +320,17 @@ class Lake(dg.ConfigurableResource):
     # -- publishing ------------------------------------------------------------------------
 
     @contextmanager
-    def publication(self, table: Table, run_id: str | None = None) -> Iterator[Publication]:
+    def publication(self, table: Table, run_id: str | None = None,
+                    input_versions: dict[str, int] | None = None) -> Iterator[Publication]:
         """Stage `table`'s months group by group (`Publication.stage`) and publish them all, as
         one Delta commit, when the block ends without an error; on an error nothing is
-        published and the staged files are removed."""
+        published and the staged files are removed. `input_versions` is a mapping the caller
+        may still fill while staging (table -> version read), recorded in the commit."""
         staging = self._new_staging_dir(table)
         publication = Publication(self, table, staging)
         try:
             yield publication
-            publication.commit(run_id)
+            publication.commit(run_id, input_versions)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -335,13 +354,14 @@ class Lake(dg.ConfigurableResource):
         return staging
 
     def _commit(self, table: Table, dataset: ds.Dataset, months: list[date],
-                run_id: str | None) -> tuple[int, list[str]]:
+                run_id: str | None, input_versions: dict[str, int]) -> tuple[int, list[str]]:
         """One Delta commit replacing exactly `months` with the rows of `dataset`. A new column
         is added to the table (and returned); a column whose type changed is refused."""
         uri = self.table_uri(table)
         current = self.delta(table)
         added = self._check_schema(table, current, dataset.schema)
-        metadata = {MONTHS_KEY: json.dumps([m.isoformat() for m in months])}
+        metadata = {MONTHS_KEY: json.dumps([m.isoformat() for m in months]),
+                    INPUTS_KEY: json.dumps(input_versions, sort_keys=True)}
         if run_id:
             metadata["vintage.run_id"] = run_id
         arguments = dict(partition_by=[PARTITION], storage_options=self._options,
@@ -360,7 +380,7 @@ class Lake(dg.ConfigurableResource):
         except DeltaError as error:
             if current is None and "already exists" in str(error).lower():
                 # another process created the table first: replace our months in it
-                return self._commit(table, dataset, months, run_id)
+                return self._commit(table, dataset, months, run_id, input_versions)
             raise LakeError(f"{table.qualified_name}: months {folder_label(months[0])}.."
                             f"{folder_label(months[-1])} not published: {error}") from None
         return DeltaTable(uri, storage_options=self._options).version(), added
