@@ -1,13 +1,13 @@
 # Vintage: two commands on a fresh machine with Python 3.11 and make.
 #   make demo   environment + demo data + the whole graph over every demo month
 #   make test   the test suite
-# `make dev` then opens the Dagster UI on http://127.0.0.1:3000 with the demo's runs.
+# `make dev` then opens the Dagster UI on http://127.0.0.1:3000 with the demo's runs (the
+# Dagster instance lives with its warehouse, in warehouse/_dagster).
 
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo .bootstrap/bin/uv)
-export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 # Bytecode at install: every `vintage` process then skips compiling ~2,000 modules (seconds
 # per process where PYTHONDONTWRITEBYTECODE is set, as on many CI machines).
@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-all dev env lint bench clean
 
-env: $(BIN)/vintage $(DAGSTER_HOME)/dagster.yaml
+env: $(BIN)/vintage
 
 # uv comes from PATH, or is bootstrapped with pip into .bootstrap
 .bootstrap/bin/uv:
@@ -28,10 +28,6 @@ env: $(BIN)/vintage $(DAGSTER_HOME)/dagster.yaml
 $(BIN)/vintage: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
-
-$(DAGSTER_HOME)/dagster.yaml: config/dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp config/dagster.yaml $@
 
 demo: env
 	$(BIN)/vintage demo
@@ -53,4 +49,4 @@ dev: env
 	$(BIN)/vintage ui --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf .bootstrap warehouse data/demo .dagster_home/storage .dagster_home/history .dagster_home/schedules
+	rm -rf .bootstrap warehouse data/demo .vintage

@@ -73,6 +73,25 @@ def _port(text: str) -> int:
     return value
 
 
+def _bucket(text: str) -> str | None:
+    """An `s3://bucket/prefix` warehouse as given (None for a folder)."""
+    if text.startswith(("s3://", "s3a://")):
+        if len(text.split("://", 1)[1].strip("/")) == 0:
+            raise argparse.ArgumentTypeError(f"{text}: expected s3://bucket/prefix")
+        return text
+    return None
+
+
+def _warehouse_to_write(text: str):
+    """A warehouse: a bucket URI, or a folder that exists or can be made."""
+    return _bucket(text) or _folder_to_write(text)
+
+
+def _existing_warehouse(text: str):
+    """A warehouse that exists: a bucket URI (checked when it is read), or a folder."""
+    return _bucket(text) or _existing_folder(text)
+
+
 def _existing_folder(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.exists():
@@ -117,12 +136,13 @@ def _file_to_write(text: str) -> Path:
 # -- shared steps -----------------------------------------------------------------------------
 
 def _set_paths(args: argparse.Namespace) -> None:
-    """Paths go to the environment before the code location is imported: they shape it."""
+    """Paths go to the environment before the code location is built: they shape it (and a
+    `dagster dev` child process reads the same)."""
     for option, variable in (("config", "VINTAGE_CONFIG"), ("source", "VINTAGE_SOURCE"),
                              ("warehouse", "VINTAGE_WAREHOUSE")):
         value = getattr(args, option, None)
         if value:
-            os.environ[variable] = str(Path(value).resolve())
+            os.environ[variable] = value if isinstance(value, str) else str(value.resolve())
 
 
 def _settings():
@@ -292,14 +312,14 @@ def cmd_demo(args) -> int:
 
 def cmd_catalog_refresh(args) -> int:
     _set_paths(args)
-    warehouse = _settings().warehouse
-    if not warehouse.is_dir():
-        raise ArgumentError(f"warehouse {warehouse}: no such folder (--warehouse, "
+    config = _settings()
+    if config.local_warehouse and not Path(config.warehouse).is_dir():
+        raise ArgumentError(f"warehouse {config.warehouse}: no such folder (--warehouse, "
                             "VINTAGE_WAREHOUSE or paths.warehouse)")
     from ml_assets.runner import refresh_catalog
 
     if refresh_catalog():
-        print(f"catalog refreshed: {warehouse / 'catalog.duckdb'}")
+        print(f"catalog refreshed: {config.catalog}")
         return 0
     print("vintage: another process is rebuilding the catalog; retry in a moment",
           file=sys.stderr)
@@ -399,22 +419,18 @@ def cmd_ui(args) -> int:
     _set_paths(args)
     config = _settings()
     _check_listen_address(args.host, args.port)
+    from ml_assets.definitions import build_lake
     from ml_assets.runner import ensure_dagster_home
     from ml_assets.settings import PROJECT_ROOT
-    from resources.warehouse import (
-        CATALOG_STORAGE_NUMBER,
-        Warehouse,
-        WarehouseError,
-        catalog_storage_number,
-    )
+    from ml_assets.tables import all_tables
+    from resources.lake import CATALOG_STORAGE_NUMBER, LakeError, catalog_storage_number
 
-    ensure_dagster_home()
-    warehouse = Warehouse(path=str(config.warehouse))
-    if warehouse.catalog_path.exists() and \
-            catalog_storage_number(warehouse.catalog_path) != CATALOG_STORAGE_NUMBER:
+    ensure_dagster_home(config)  # the warehouse's own instance: the UI shows its runs
+    if config.catalog.exists() and \
+            catalog_storage_number(config.catalog) != CATALOG_STORAGE_NUMBER:
         try:  # a catalog an older version wrote: readable by every DuckDB again
-            warehouse.refresh_catalog()
-        except WarehouseError as error:
+            build_lake(config).refresh_catalog(all_tables())
+        except LakeError as error:
             print(f"vintage ui: {error}", file=sys.stderr)
     workspace = PROJECT_ROOT / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "ml_assets.definitions"]
@@ -519,7 +535,7 @@ def parser() -> argparse.ArgumentParser:
                                "same byte size); repeatable")
     generate.set_defaults(handler=cmd_generate)
 
-    def add_paths(command, source=True, warehouse=_folder_to_write):
+    def add_paths(command, source=True, warehouse=_warehouse_to_write):
         command.add_argument("--config", type=_existing_file,
                              help="configuration YAML (default config/vintage.yaml)")
         if source:
@@ -527,7 +543,8 @@ def parser() -> argparse.ArgumentParser:
                                  help="folder of the four source files "
                                       "(default: the embedded demo data)")
         command.add_argument("--warehouse", type=warehouse,
-                             help="lake and catalog folder (default ./warehouse)")
+                             help="the warehouse: a folder (default ./warehouse) or "
+                                  "s3://bucket/prefix")
 
     run = commands.add_parser("run", help="materialise the graph for a range of months")
     add_paths(run)
@@ -572,7 +589,7 @@ def parser() -> argparse.ArgumentParser:
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
     refresh = catalog_commands.add_parser(
         "refresh", help="rebuild the catalog: a view per table of the lake")
-    add_paths(refresh, source=False, warehouse=_existing_folder)
+    add_paths(refresh, source=False, warehouse=_existing_warehouse)
     refresh.set_defaults(handler=cmd_catalog_refresh)
     return top
 
@@ -584,15 +601,15 @@ def main(argv: list[str] | None = None) -> int:
     from ml_assets.months import MonthError
     from ml_assets.runner import UsageError
     from ml_assets.settings import SettingsError
+    from resources.lake import LakeError
     from resources.sources import SourceError
-    from resources.warehouse import WarehouseError
 
     try:
         return args.handler(args)
     except (ArgumentError, UsageError, MonthError, SettingsError) as error:
         print(f"vintage: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (SourceError, WarehouseError) as error:
+    except (SourceError, LakeError) as error:
         print(f"vintage: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """`vintage run`: materialise the graph for a range of months through Dagster, in one run.
 
-The run is recorded in the Dagster instance of DAGSTER_HOME (project-local `.dagster_home` by
-default), so `make dev` shows it in the UI.
+The run is recorded in the Dagster instance of the warehouse (`<warehouse>/_dagster`, or
+DAGSTER_HOME when set), so `make dev` shows it in the UI.
 """
 
 from __future__ import annotations
@@ -110,16 +110,26 @@ def step_name(step_key: str) -> str:
         else step_key.replace("__", "/")
 
 
-def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, defaulting to `.dagster_home` in the working directory, with its settings."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home")))
+def ensure_dagster_home(config=None) -> Path:
+    """The Dagster instance of the warehouse: DAGSTER_HOME when set, else `<warehouse>/_dagster`
+    (`paths.dagster_home`), so every warehouse keeps its own runs and the UI of one never shows
+    another's; created with the project's instance settings. Sets DAGSTER_HOME for Dagster."""
+    from ml_assets.settings import settings
+
+    config = config or settings()
+    home = Path(os.environ.get("DAGSTER_HOME") or config.dagster_home)
+    os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copy(CONFIG_DIR / "dagster.yaml", home / "dagster.yaml")
     return home
 
 
-def check_warehouse_writable(path: Path) -> None:
+def check_warehouse_writable(config) -> None:
+    """A folder warehouse must be writable (a bucket is checked by its first commit)."""
+    if not config.local_warehouse:
+        return
+    path = Path(config.warehouse)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -181,7 +191,7 @@ def preflight(start: date, end: date, keys: list[dg.AssetKey], run_id: str) -> l
     if not names:
         return []
     resources = build_resources(settings())
-    checked = check_run_sources(resources["warehouse"], resources["sources"], names,
+    checked = check_run_sources(resources["lake"], resources["sources"], names,
                                 list(month_range(start, end)), run_id)
     return [f.describe(staged.file.name) for staged, findings in checked.values()
             for f in blocking(findings)]
@@ -197,20 +207,22 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
     the summary (`success` False, `errors`)."""
     from ml_assets.settings import settings
 
-    check_warehouse_writable(settings().warehouse)  # before loading: that stages the lms file
-    from ml_assets.definitions import defs, monthly_pipeline
-    from ml_assets.partitions import monthly_partitions, source_month_range
+    config = settings()
+    check_warehouse_writable(config)  # before loading: that stages the lms file
+    from ml_assets.definitions import build_definitions, monthly_pipeline
+    from ml_assets.partitions import source_month_range
 
-    start, end = resolve_months(first, last, monthly_partitions,
-                                source_month_range(settings()))
+    defs = build_definitions(config)
+    partitions = defs.resolve_job_def(monthly_pipeline.name).partitions_def
+    start, end = resolve_months(first, last, partitions, source_month_range(config))
     keys = resolve_selection(defs, select)
     run_id = str(uuid.uuid4())
     problems = preflight(start, end, keys, run_id)
     if problems:
         raise SourceError("\n".join(problems) + "\nnothing was run; published months are "
                           "unchanged")
-    ensure_dagster_home()
-    if dg.AssetKey(["monitoring", "drift"]) in keys and settings().monitoring.drift_report:
+    ensure_dagster_home(config)
+    if dg.AssetKey(["monitoring", "drift"]) in keys and config.monitoring.drift_report:
         from ml_assets.assets.monitoring import preload_evidently
 
         preload_evidently()
@@ -249,9 +261,10 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
 
 
 def refresh_catalog() -> bool:
-    """Rebuild the catalog of the configured warehouse: a view per table of the lake. Returns
-    False if another process kept rebuilding it (see Warehouse.refresh_catalog)."""
+    """Rebuild the catalog of the configured warehouse from every table's Delta log. Returns
+    False if another process kept rebuilding it (see Lake.refresh_catalog)."""
+    from ml_assets.definitions import build_lake
     from ml_assets.settings import settings
-    from resources.warehouse import Warehouse
+    from ml_assets.tables import all_tables
 
-    return Warehouse(path=str(settings().warehouse)).refresh_catalog()
+    return build_lake(settings()).refresh_catalog(all_tables())
