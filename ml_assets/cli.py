@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -326,6 +327,52 @@ def cmd_catalog_refresh(args) -> int:
     return EXIT_FAILED
 
 
+def cmd_warehouse_migrate(args) -> int:
+    """Convert a warehouse of the earlier Parquet lake into Delta tables, table by table."""
+    _set_paths(args)
+    config = _settings()
+    if not config.local_warehouse or not Path(config.warehouse).is_dir():
+        raise ArgumentError(f"warehouse {config.warehouse}: not a folder; only a folder "
+                            "warehouse can hold the earlier Parquet lake")
+    from ml_assets.definitions import build_lake
+    from ml_assets.tables import all_tables
+
+    lake = build_lake(config)
+    converted = 0
+    for table in all_tables():
+        done = lake.migrate_parquet_lake(table, keep=args.keep)
+        if done:
+            converted += 1
+            print(f"{table.qualified_name}: {done[0]} months, {done[1]} rows -> Delta "
+                  f"version {lake.version(table)}")
+    for leftover in ("_staging", "_tmp"):  # the earlier lake's scratch folders
+        shutil.rmtree(Path(config.warehouse) / leftover, ignore_errors=True)
+    lake.refresh_catalog(all_tables())
+    print(f"{converted} table(s) converted; catalog rebuilt: {config.catalog}" if converted
+          else "nothing to convert: no table of the earlier Parquet lake in this warehouse")
+    return 0
+
+
+def cmd_warehouse_vacuum(args) -> int:
+    """Remove the files of table versions older than the retention (storage.retention_days)."""
+    _set_paths(args)
+    config = _settings()
+    from ml_assets.definitions import build_lake
+    from ml_assets.tables import all_tables
+
+    lake = build_lake(config)
+    total = 0
+    for table in all_tables():
+        files = lake.vacuum(table, dry_run=args.dry_run)
+        total += len(files)
+        if files:
+            print(f"{table.qualified_name}: {len(files)} file(s)"
+                  f"{' would be' if args.dry_run else ''} removed")
+    print(f"{total} file(s) {'would be ' if args.dry_run else ''}removed; versions of the last "
+          f"{config.retention_days} days are kept")
+    return 0
+
+
 def _check_listen_address(host: str, port: int) -> None:
     """The webserver can listen on host:port: the name resolves to a local address and the port
     is free. Raises ArgumentError naming --host or --port."""
@@ -591,6 +638,20 @@ def parser() -> argparse.ArgumentParser:
         "refresh", help="rebuild the catalog: a view per table of the lake")
     add_paths(refresh, source=False, warehouse=_existing_warehouse)
     refresh.set_defaults(handler=cmd_catalog_refresh)
+
+    warehouse = commands.add_parser("warehouse", help="the warehouse's Delta tables")
+    warehouse_commands = warehouse.add_subparsers(dest="warehouse_command", required=True)
+    migrate = warehouse_commands.add_parser(
+        "migrate", help="convert a warehouse of the earlier Parquet lake into Delta tables")
+    add_paths(migrate, source=False, warehouse=_existing_folder)
+    migrate.add_argument("--keep", action="store_true",
+                         help="keep each old table folder as <table>.parquet-lake")
+    migrate.set_defaults(handler=cmd_warehouse_migrate)
+    vacuum = warehouse_commands.add_parser(
+        "vacuum", help="remove old table versions' files past storage.retention_days")
+    add_paths(vacuum, source=False, warehouse=_existing_warehouse)
+    vacuum.add_argument("--dry-run", action="store_true", help="only list what would go")
+    vacuum.set_defaults(handler=cmd_warehouse_vacuum)
     return top
 
 

@@ -2,8 +2,6 @@
 default) for time travel and reproduction, then their files are vacuumed, by a job on a weekly
 schedule (and `vintage warehouse vacuum`)."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from ml_assets.tables import all_tables

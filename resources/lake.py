@@ -410,6 +410,37 @@ class Lake(dg.ConfigurableResource):
         return delta.vacuum(retention_hours=self.retention_days * 24, dry_run=dry_run,
                             enforce_retention_duration=False)
 
+    def migrate_parquet_lake(self, table: Table, keep: bool = False) -> tuple[int, int] | None:
+        """Convert `table` from the Parquet lake of earlier versions
+        (`<warehouse>/<schema>/<table>/month=YYYY-MM/*.parquet`) into a Delta table: every
+        month, empty ones included, published in one commit. The old folder is moved aside
+        first and removed when the table is written (`keep`: left as `<table>.parquet-lake`);
+        on an error it is moved back. Returns (months, rows), or None when there is nothing to
+        convert (no old folder, or a Delta table already)."""
+        folder = self.root / table.schema / table.name
+        month_dirs = sorted(d for d in folder.glob("month=????-??") if d.is_dir())
+        if not month_dirs or (folder / "_delta_log").exists():
+            return None
+        old = folder.with_name(f"{table.name}.parquet-lake")
+        if old.exists():
+            raise LakeError(f"{old} is in the way: a failed migration? move it, then retry")
+        os.rename(folder, old)
+        try:
+            files = sorted(str(p) for p in old.glob("month=*/*.parquet"))
+            months = [date.fromisoformat(f"{d.name.removeprefix('month=')}-01")
+                      for d in month_dirs]
+            with duckdb.connect() as con:
+                con.read_parquet(files, union_by_name=True, hive_partitioning=False
+                                 ).create_view("parquet_lake")
+                counts = self.publish(con, table, "SELECT * FROM parquet_lake", months)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.rename(old, folder)
+            raise
+        if not keep:
+            shutil.rmtree(old)
+        return len(months), sum(counts.values())
+
     # -- catalog ---------------------------------------------------------------------------
 
     def view_sql(self, table: Table) -> str | None:
