@@ -11,6 +11,14 @@ maintenance job vacuums files older than `retention_days`.
 
 `catalog.duckdb` holds one view per table over the table's current files, rebuilt at the end
 of each step and renamed into place, in a storage version every DuckDB from 1.0 on opens.
+
+In a bucket (`s3://bucket/prefix`) the same holds: delta-rs commits with S3 conditional puts
+(`If-None-Match`; AWS_CONDITIONAL_PUT=etag unless configured otherwise), so concurrent commits
+are safe with no lock service and no AWS_S3_ALLOW_UNSAFE_RENAME. A step reads a bucket table
+through delta-rs (an Arrow dataset DuckDB scans, pruned to the months asked for), so DuckDB
+needs no httpfs extension. The catalog file stays local; its views name the `s3://` files:
+a DuckDB with httpfs and an S3 secret reads them, and so does `Lake.catalog_connection()`
+from Python (pyarrow's S3 client registered as DuckDB's `s3://` filesystem).
 """
 
 from __future__ import annotations
@@ -40,6 +48,14 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from ml_assets.months import folder_label, month_start
 from ml_assets.settings import SQL_DIR
+from resources.storage import (
+    FileStore,
+    bucket_filesystem,
+    is_bucket,
+    schema_from_token,
+    schema_token,
+    stand_in_filesystem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +63,13 @@ SCHEMAS = ("raw", "silver", "gold", "ml", "monitoring")
 PARTITION = "month"  # every table's partition column: the first day of its rows' month
 MONTHS_KEY = "vintage.months"  # the commit metadata naming the months a commit published
 INPUTS_KEY = "vintage.input_versions"  # ... and the version of every table its step read
+COMMIT_KEY = "vintage.commit"  # a token naming the commit, to find its version afterwards
+# How delta-rs makes a commit safe on S3: a conditional PUT of the commit file (If-None-Match),
+# refused with 412 when another writer took that version first. object_store's default today;
+# set explicitly so that a changed default cannot turn concurrent commits into lost ones.
+CONDITIONAL_PUT = {"AWS_CONDITIONAL_PUT": "etag"}
+_CONDITIONAL_PUT_KEYS = ("aws_conditional_put", "conditional_put")
+STAND_IN = "-- stand-in files: "  # first line of a bucket table's recorded view (see view_sql)
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 CATALOG_FILE = "catalog.duckdb"
 # The catalog's storage format: DuckDB 2.0 writes version 69 by default, which DuckDB 1.x
@@ -188,7 +211,8 @@ class Publication:
 class Lake(dg.ConfigurableResource):
     """The warehouse at `uri`: a folder, or `s3://bucket/prefix` (`storage_options` are
     delta-rs object-store options, e.g. AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-    AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP; the same AWS_* environment variables work too).
+    AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP; each one not given is read from the AWS_*
+    environment variable of the same name, by delta-rs and by the file store alike).
 
     `catalog_path` is the DuckDB catalog file (default `<uri>/catalog.duckdb` for a folder; it
     must be a local path for a bucket); `work_dir` the local scratch folder for staging and
@@ -204,6 +228,10 @@ class Lake(dg.ConfigurableResource):
     @property
     def local(self) -> bool:
         return "://" not in self.uri or self.uri.startswith("file://")
+
+    @property
+    def bucket(self) -> bool:
+        return is_bucket(self.uri)
 
     @property
     def root(self) -> Path:
@@ -234,7 +262,21 @@ class Lake(dg.ConfigurableResource):
 
     @property
     def _options(self) -> dict[str, str] | None:
-        return dict(self.storage_options) or None
+        """The delta-rs storage options: the configured ones, and in a bucket conditional
+        puts (CONDITIONAL_PUT) unless the options or the environment choose otherwise."""
+        options = dict(self.storage_options)
+        chosen = {k.lower() for k in options} | {k.lower() for k in os.environ}
+        if self.bucket and not chosen & set(_CONDITIONAL_PUT_KEYS):
+            options.update(CONDITIONAL_PUT)
+        return options or None
+
+    def file_store(self, folder: str) -> FileStore:
+        """The files kept under `folder` of the warehouse (`ml/artifacts`,
+        `monitoring/reports`): a local folder, or the same prefix in the warehouse's bucket
+        with the lake's storage options."""
+        if self.local:
+            return FileStore(str(self.root.resolve() / folder))
+        return FileStore(f"{self.uri.rstrip('/')}/{folder.strip('/')}", self.storage_options)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -264,17 +306,39 @@ class Lake(dg.ConfigurableResource):
 
     def commit_metadata(self, table: Table, version: int) -> dict:
         """What the commit of `version` recorded: its months (`vintage.months`), the version of
-        every table its step read (`vintage.input_versions`), its run (`vintage.run_id`)."""
-        delta = self.delta(table)
-        if delta is None:
-            raise LakeError(f"{table.qualified_name} has no commit")
-        for commit in delta.history():
-            if commit.get("version") == version:
-                return {"months": json.loads(commit.get(MONTHS_KEY) or "[]"),
-                        "input_versions": json.loads(commit.get(INPUTS_KEY) or "{}"),
-                        "run_id": commit.get("vintage.run_id"),
-                        "timestamp": commit.get("timestamp")}
-        raise LakeError(f"{table.qualified_name} has no version {version} in its log")
+        every table its step read (`vintage.input_versions`), its run (`vintage.run_id`), its
+        time (`timestamp`, milliseconds since 1970). Raises LakeError when the table has no
+        such version.
+
+        Read from the version's own log file: `DeltaTable.history()` numbers its entries by
+        counting back from a latest version read separately, so a commit landing meanwhile
+        (another process publishing other months) shifts every number (delta-rs 1.6.6)."""
+        commit = self._commit_info(table, version)
+        if commit is None:
+            if self.delta(table) is None:
+                raise LakeError(f"{table.qualified_name} has no commit")
+            raise LakeError(f"{table.qualified_name} has no version {version} in its log")
+        return {"months": json.loads(commit.get(MONTHS_KEY) or "[]"),
+                "input_versions": json.loads(commit.get(INPUTS_KEY) or "{}"),
+                "run_id": commit.get("vintage.run_id"),
+                "timestamp": commit.get("timestamp")}
+
+    def _commit_info(self, table: Table, version: int) -> dict | None:
+        """The commitInfo action of the log file of `version`; None when there is no such
+        file (never written, or the table does not exist)."""
+        if version < 0:
+            return None
+        log = (FileStore(self.table_uri(table), self.storage_options) if self.bucket
+               else FileStore(self.table_uri(table)))
+        try:
+            text = log.read_bytes(f"_delta_log/{version:020d}.json").decode()
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            action = json.loads(line) if line.strip() else {}
+            if "commitInfo" in action:
+                return action["commitInfo"]
+        return {}
 
     def month_rows(self, table: Table, month: date) -> int:
         """Rows of a published month, from the Delta log's file statistics."""
@@ -360,8 +424,9 @@ class Lake(dg.ConfigurableResource):
         uri = self.table_uri(table)
         current = self.delta(table)
         added = self._check_schema(table, current, dataset.schema)
+        token = uuid.uuid4().hex
         metadata = {MONTHS_KEY: json.dumps([m.isoformat() for m in months]),
-                    INPUTS_KEY: json.dumps(input_versions, sort_keys=True)}
+                    INPUTS_KEY: json.dumps(input_versions, sort_keys=True), COMMIT_KEY: token}
         if run_id:
             metadata["vintage.run_id"] = run_id
         arguments = dict(partition_by=[PARTITION], storage_options=self._options,
@@ -383,7 +448,17 @@ class Lake(dg.ConfigurableResource):
                 return self._commit(table, dataset, months, run_id, input_versions)
             raise LakeError(f"{table.qualified_name}: months {folder_label(months[0])}.."
                             f"{folder_label(months[-1])} not published: {error}") from None
-        return DeltaTable(uri, storage_options=self._options).version(), added
+        return self._version_of_commit(table, token), added
+
+    def _version_of_commit(self, table: Table, token: str) -> int:
+        """The version our commit (`token`) became: other processes may have committed to
+        the same table since, so the table's latest version need not be ours; found by
+        reading log files back from the latest."""
+        latest = DeltaTable(self.table_uri(table), storage_options=self._options).version()
+        for version in range(latest, -1, -1):
+            if (self._commit_info(table, version) or {}).get(COMMIT_KEY) == token:
+                return version
+        raise LakeError(f"{table.qualified_name}: the commit {token} is not in the log")
 
     @staticmethod
     def _check_schema(table: Table, current: DeltaTable | None, schema: pa.Schema
@@ -445,7 +520,14 @@ class Lake(dg.ConfigurableResource):
 
     def view_sql(self, table: Table) -> str | None:
         """The catalog's view of `table` over its current files (absolute paths or bucket
-        URIs), in SQL every DuckDB from 1.0 on parses; None for a table without a commit."""
+        URIs), in SQL every DuckDB from 1.0 on parses; None for a table without a commit.
+
+        DuckDB reads a view's files when it creates the view (for its columns), which over
+        `s3://` would take httpfs and a request per file at every rebuild of the catalog. So
+        a bucket table's view starts with a comment line (STAND_IN) holding the table's URI
+        and the schema of its data files: the catalog is written with an empty stand-in file
+        of that schema in place of each file (see `_write_catalog`), and the stored view
+        reads the real files when queried."""
         delta = self.delta(table)
         if delta is None:
             return None
@@ -454,7 +536,11 @@ class Lake(dg.ConfigurableResource):
             listed = ", ".join(sql_literal(f) for f in sorted(files))
             source = (f"read_parquet([{listed}], hive_partitioning = true, "
                       "union_by_name = true)")
-            return f"CREATE OR REPLACE VIEW {table.qualified_name} AS SELECT * FROM {source}"
+            sql = f"CREATE OR REPLACE VIEW {table.qualified_name} AS SELECT * FROM {source}"
+            if self.local:
+                return sql
+            data_files = pa.schema([f for f in _empty(delta).schema if f.name != PARTITION])
+            return (f"{STAND_IN}{self.table_uri(table)} {schema_token(data_files)}\n{sql}")
         with duckdb.connect() as con:  # no rows: the columns, typed as DuckDB reads them
             empty = _empty(delta)
             kinds = con.from_arrow(empty).types
@@ -534,6 +620,19 @@ class Lake(dg.ConfigurableResource):
             if pid.isdigit() and not _pid_alive(int(pid)):
                 leftover.unlink(missing_ok=True)
 
+    def catalog_connection(self) -> duckdb.DuckDBPyConnection:
+        """The catalog opened read-only, ready to query from Python; for a bucket warehouse
+        with pyarrow's S3 client (the lake's storage options) as DuckDB's `s3://` filesystem,
+        so its views read the bucket without the httpfs extension. Raises LakeError when
+        there is no catalog yet."""
+        if not self.catalog.is_file():
+            raise LakeError(f"no catalog at {self.catalog}; materialise a table first, or run "
+                            "`vintage catalog refresh`")
+        con = duckdb.connect(str(self.catalog), read_only=True)
+        if self.bucket:
+            con.register_filesystem(bucket_filesystem(self.storage_options))
+        return con
+
     # -- computing -------------------------------------------------------------------------
 
     @cached_property
@@ -551,7 +650,17 @@ class Lake(dg.ConfigurableResource):
 
 
 def _write_catalog(path: Path, views: list[str]) -> None:
+    """Write the catalog at `path` with `views` (CREATE VIEW statements, each maybe after a
+    STAND_IN line: its files' names and types are then read from empty stand-ins)."""
+    stand_ins = {}
+    for statement in views:
+        first, _, rest = statement.partition("\n")
+        if first.startswith(STAND_IN) and rest:
+            uri, token = first.removeprefix(STAND_IN).rsplit(" ", 1)
+            stand_ins[uri] = schema_from_token(token)
     with duckdb.connect() as con:
+        if stand_ins:
+            con.register_filesystem(stand_in_filesystem(stand_ins))
         con.execute(f"ATTACH {sql_literal(str(path))} AS draft "
                     f"(STORAGE_VERSION {sql_literal(CATALOG_STORAGE_VERSION)})")
         con.execute("USE draft")

@@ -1,0 +1,86 @@
+"""A writer process for the lake tests: publishes months of a test table, as a step would.
+
+    python tests/s3_writer.py publish URI WORK FIRST_MONTH COUNT [ROWS]
+        one commit per month, COUNT months from FIRST_MONTH (YYYY-MM-01); prints a JSON line
+        per commit: {"month", "version", "seconds"}
+    python tests/s3_writer.py hang URI WORK FIRST_MONTH COUNT [ROWS]
+        all COUNT months in one commit, but the rows stop flowing into delta-rs half way
+        (prints "writing" then waits to be killed): a process killed in the middle of a commit
+
+The storage options come from the AWS_* environment variables, as in a deployment that keeps
+its credentials out of the configuration file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ml_assets.months import add_months  # noqa: E402
+from resources import lake as lake_module  # noqa: E402
+from resources.lake import Lake, Table  # noqa: E402
+
+TABLE = Table("gold", "race", month_column="month", key=("id",))
+
+
+def month_rows(month: date, rows: int) -> str:
+    """The rows of a month: ids 0..rows-1 with an amount and a label."""
+    return (f"SELECT DATE '{month.isoformat()}' AS month, i AS id, i * 1.5 AS amount, "
+            f"'loan-' || i AS label FROM range({rows}) AS t(i)")
+
+
+def months_from(first: date, count: int) -> list[date]:
+    return [add_months(first, i) for i in range(count)]
+
+
+def _hang_half_way(write):
+    """`write_deltalake` whose input stops after its first batches, forever."""
+    import pyarrow as pa
+
+    def hanging(uri, reader, **kwargs):
+        batches = iter(reader)
+
+        def stream():
+            for count, batch in enumerate(batches):
+                if count == 2:
+                    print("writing", flush=True)
+                    time.sleep(3600)
+                yield batch
+
+        slowed = pa.RecordBatchReader.from_batches(reader.schema, stream())
+        return write(uri, slowed, **kwargs)
+
+    return hanging
+
+
+def main(argv: list[str]) -> None:
+    mode, uri, work, first, count = argv[:5]
+    rows = int(argv[5]) if len(argv) > 5 else 100
+    lake = Lake(uri=uri, work_dir=work, catalog_path=str(Path(work) / "catalog.duckdb"))
+    months = months_from(date.fromisoformat(first), int(count))
+    with duckdb.connect() as con:
+        if mode == "publish":
+            for month in months:
+                started = time.monotonic()
+                with lake.publication(TABLE) as publication:
+                    publication.stage(con, month_rows(month, rows), [month])
+                print(json.dumps({"month": month.isoformat(), "version": publication.version,
+                                  "seconds": round(time.monotonic() - started, 3)}),
+                      flush=True)
+        elif mode == "hang":
+            lake_module.write_deltalake = _hang_half_way(lake_module.write_deltalake)
+            query = " UNION ALL ".join(month_rows(m, rows) for m in months)
+            lake.publish(con, TABLE, query, months)
+        else:
+            raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
