@@ -32,6 +32,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -149,7 +150,13 @@ def _months_predicate(months: Iterable[date]) -> str:
 def _delta_types(schema: pa.Schema) -> dict[str, str]:
     """Column -> its Delta type name (string, long, date, timestamp_ntz, ...), as Delta would
     store an Arrow schema: the types a changed column is judged by."""
-    return {field.name: str(field.type) for field in DeltaSchema.from_arrow(schema).fields}
+    return {field.name: _type_name(field.type)
+            for field in DeltaSchema.from_arrow(schema).fields}
+
+
+def _type_name(kind) -> str:
+    """A Delta type as Delta names it: `string`, `decimal(21,1)`; nested types in full."""
+    return kind.type if type(kind).__name__ == "PrimitiveType" else str(kind)
 
 
 class Publication:
@@ -302,7 +309,7 @@ class Lake(dg.ConfigurableResource):
     def published_months(self, table: Table, version: int | None = None) -> list[date]:
         """Every month ever published into the table up to `version` (empty ones included)."""
         delta = self.delta(table, version)
-        return [] if delta is None else sorted(_published(delta))
+        return [] if delta is None else sorted(self._published(delta))
 
     def commit_metadata(self, table: Table, version: int) -> dict:
         """What the commit of `version` recorded: its months (`vintage.months`), the version of
@@ -323,13 +330,32 @@ class Lake(dg.ConfigurableResource):
                 "run_id": commit.get("vintage.run_id"),
                 "timestamp": commit.get("timestamp")}
 
-    def _commit_info(self, table: Table, version: int) -> dict | None:
-        """The commitInfo action of the log file of `version`; None when there is no such
-        file (never written, or the table does not exist)."""
+    def _published(self, delta: DeltaTable) -> set[date]:
+        """The months published up to this version of the table: every commit's
+        `vintage.months`, read from the commits' own log files (history() lists commits
+        newer than a time-travelled or outdated DeltaTable too, delta-rs 1.6.6), each commit
+        once per process, several at a time."""
+        uri, version = delta.table_uri, delta.version()
+        unread = [v for v in range(version + 1) if (uri, v) not in _commit_months]
+        if unread:
+            with ThreadPoolExecutor(max_workers=min(16, len(unread))) as pool:
+                infos = list(pool.map(lambda v: self._commit_info(uri, v), unread))
+            for v, info in zip(unread, infos, strict=True):
+                if info is None:
+                    log.warning("%s: the log file of version %d is missing; its months are "
+                                "not counted as published", uri, v)
+                _commit_months[(uri, v)] = tuple(
+                    date.fromisoformat(m) for m in json.loads((info or {}).get(MONTHS_KEY)
+                                                               or "[]"))
+        return {m for v in range(version + 1) for m in _commit_months[(uri, v)]}
+
+    def _commit_info(self, table: Table | str, version: int) -> dict | None:
+        """The commitInfo action of the log file of `version` of `table` (or of the table at
+        that URI); None when there is no such file (never written, or no such table)."""
         if version < 0:
             return None
-        log = (FileStore(self.table_uri(table), self.storage_options) if self.bucket
-               else FileStore(self.table_uri(table)))
+        uri = self.table_uri(table) if isinstance(table, Table) else table
+        log = FileStore(uri, self.storage_options) if self.bucket else FileStore(uri)
         try:
             text = log.read_bytes(f"_delta_log/{version:020d}.json").decode()
         except FileNotFoundError:
@@ -360,7 +386,7 @@ class Lake(dg.ConfigurableResource):
         if delta is None:
             raise LakeError(f"{table.qualified_name} has no published month yet; materialise "
                             "it first")
-        published = _published(delta)
+        published = self._published(delta)
         wanted = sorted(published) if months is None else sorted(set(months))
         missing = [m for m in wanted if m not in published]
         if missing:
@@ -376,8 +402,14 @@ class Lake(dg.ConfigurableResource):
             dataset = delta.to_pyarrow_dataset()
             relation = con.from_arrow(dataset.filter(
                 ds.field(PARTITION).isin(pa.array(wanted, pa.date32()))))
-        if table.month_column != PARTITION:  # the partition repeats the table's month column
-            relation = relation.project(f"* EXCLUDE ({PARTITION})")
+        # one column order whatever the source: the data files' columns in the table's
+        # order (a column added later comes last), then the partition column, as DuckDB
+        # reads a local table's files; no partition column where it repeats the month column
+        columns = [f for f in _empty(delta).column_names if f != PARTITION]
+        if table.month_column == PARTITION:
+            columns.append(PARTITION)
+        relation = relation.project(", ".join('"' + c.replace('"', '""') + '"'
+                                              for c in columns))
         relation.create_view(view, replace=True)
         return sum(rows.get(m, 0) for m in wanted)
 
@@ -465,7 +497,7 @@ class Lake(dg.ConfigurableResource):
                       ) -> list[str]:
         if current is None:
             return []
-        before = {field.name: str(field.type) for field in current.schema().fields}
+        before = {field.name: _type_name(field.type) for field in current.schema().fields}
         after = _delta_types(schema)
         changed = [f"{name} was {before[name]}, now {kind}" for name, kind in after.items()
                    if name in before and before[name] != kind]
@@ -478,12 +510,15 @@ class Lake(dg.ConfigurableResource):
     # -- maintenance -----------------------------------------------------------------------
 
     def vacuum(self, table: Table, dry_run: bool = False) -> list[str]:
-        """Remove the files no version newer than `retention_days` needs; returns them."""
+        """Remove the files no version newer than `retention_days` needs, and the files older
+        than that which no commit names (left by a writer killed mid-commit); returns them
+        (paths relative to the table). A full vacuum: it lists the table's folder or prefix;
+        a file being written now is younger than any retention of a day or more."""
         delta = self.delta(table)
         if delta is None:
             return []
         return delta.vacuum(retention_hours=self.retention_days * 24, dry_run=dry_run,
-                            enforce_retention_duration=False)
+                            enforce_retention_duration=False, full=True)
 
     def migrate_parquet_lake(self, table: Table, keep: bool = False) -> tuple[int, int] | None:
         """Convert `table` from the Parquet lake of earlier versions
@@ -691,34 +726,23 @@ def catalog_storage_number(path: Path) -> int | None:
 
 # -- what the Delta log says, cached per table version -----------------------------------------
 
-_log_cache: dict[tuple[str, int], tuple[set[date], dict[date, int]]] = {}
+_rows_cache: dict[tuple[str, int], dict[date, int]] = {}
+# the months each commit published, by (table URI, version): a commit never changes
+_commit_months: dict[tuple[str, int], tuple[date, ...]] = {}
 
 
-def _log_facts(delta: DeltaTable) -> tuple[set[date], dict[date, int]]:
-    """The months published up to this version (every commit's `vintage.months`) and the rows
-    of each month with files (add actions' record counts)."""
+def _rows_by_month(delta: DeltaTable) -> dict[date, int]:
+    """The rows of each month with files at this version (add actions' record counts)."""
     key = (delta.table_uri, delta.version())
-    if key not in _log_cache:
-        published: set[date] = set()
-        for commit in delta.history():
-            published.update(date.fromisoformat(m) for m in json.loads(commit.get(MONTHS_KEY)
-                                                                         or "[]"))
+    if key not in _rows_cache:
         actions = pa.table(delta.get_add_actions(flatten=True)).to_pydict()
         rows: dict[date, int] = {}
         for month, count in zip(actions.get(f"partition.{PARTITION}", []),
                                 actions.get("num_records", []), strict=True):
             month = month if isinstance(month, date) else date.fromisoformat(str(month))
             rows[month] = rows.get(month, 0) + int(count or 0)
-        _log_cache[key] = published, rows
-    return _log_cache[key]
-
-
-def _published(delta: DeltaTable) -> set[date]:
-    return _log_facts(delta)[0]
-
-
-def _rows_by_month(delta: DeltaTable) -> dict[date, int]:
-    return _log_facts(delta)[1]
+        _rows_cache[key] = rows
+    return _rows_cache[key]
 
 
 def _files_of(delta: DeltaTable, months: list[date]) -> list[str]:

@@ -32,7 +32,7 @@ TABLE = Table("gold", "race", month_column="month", key=("id",))
 
 def month_rows(month: date, rows: int) -> str:
     """The rows of a month: ids 0..rows-1 with an amount and a label."""
-    return (f"SELECT DATE '{month.isoformat()}' AS month, i AS id, i * 1.5 AS amount, "
+    return (f"SELECT DATE '{month.isoformat()}' AS month, i AS id, (i * 1.5)::DOUBLE AS amount, "
             f"'loan-' || i AS label FROM range({rows}) AS t(i)")
 
 
@@ -40,8 +40,10 @@ def months_from(first: date, count: int) -> list[date]:
     return [add_months(first, i) for i in range(count)]
 
 
-def _hang_half_way(write):
-    """`write_deltalake` whose input stops after its first batches, forever."""
+def _hang_half_way(write, after_batches: int):
+    """`write_deltalake` that writes files of at most 1 MB (so that whole data files reach the
+    store while rows still flow) and whose input stops for good after `after_batches`
+    batches: the data files written so far are in the store, the commit never comes."""
     import pyarrow as pa
 
     def hanging(uri, reader, **kwargs):
@@ -49,13 +51,13 @@ def _hang_half_way(write):
 
         def stream():
             for count, batch in enumerate(batches):
-                if count == 2:
+                if count == after_batches:
                     print("writing", flush=True)
                     time.sleep(3600)
                 yield batch
 
         slowed = pa.RecordBatchReader.from_batches(reader.schema, stream())
-        return write(uri, slowed, **kwargs)
+        return write(uri, slowed, target_file_size=1_000_000, **kwargs)
 
     return hanging
 
@@ -75,7 +77,7 @@ def main(argv: list[str]) -> None:
                                   "seconds": round(time.monotonic() - started, 3)}),
                       flush=True)
         elif mode == "hang":
-            lake_module.write_deltalake = _hang_half_way(lake_module.write_deltalake)
+            lake_module.write_deltalake = _hang_half_way(lake_module.write_deltalake, 6)
             query = " UNION ALL ".join(month_rows(m, rows) for m in months)
             lake.publish(con, TABLE, query, months)
         else:

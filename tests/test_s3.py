@@ -1,0 +1,409 @@
+"""The lake in a bucket, against a real S3 server on loopback (SeaweedFS, tests/s3_server.py):
+publish and read, two writer processes at once, a writer killed mid-commit, time travel and
+vacuum, schema changes, the catalog, the file store. One server for the whole session; the
+tests run on one xdist worker (group "s3")."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow.fs as pafs
+import pytest
+
+from resources.lake import CONDITIONAL_PUT, Lake, LakeError, Table
+from resources.storage import FileStore, StorageError, s3_settings
+from tests.s3_server import start_s3_server
+from tests.s3_writer import TABLE as RACE
+from tests.s3_writer import month_rows, months_from
+
+pytestmark = pytest.mark.xdist_group("s3")
+
+BUCKET = "vintage-test"
+WRITER = str(Path(__file__).with_name("s3_writer.py"))
+PROJECT = Path(__file__).resolve().parent.parent
+EXAMPLE = Table("gold", "example", month_column="month", key=("id",))
+LOANS = Table("silver", "loans", month_column="snapshot_date", key=("loan_id",))
+JAN, FEB, MAR, APR = (date(2024, m, 1) for m in (1, 2, 3, 4))
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """The S3 server of the session, with the bucket BUCKET."""
+    started = time.monotonic()
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    try:
+        server.create_bucket(BUCKET)
+        print(f"S3 server up in {time.monotonic() - started:.1f} s at {server.endpoint}")
+        yield server
+    finally:
+        server.stop()
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def bucket_uri(request):
+    """A warehouse prefix of its own for each test."""
+    return f"s3://{BUCKET}/{request.node.name.split('[')[0][:40]}-{next(_prefixes)}"
+
+
+def make_lake(uri: str, s3, tmp_path: Path, **settings) -> Lake:
+    return Lake(uri=uri, storage_options=s3.options, work_dir=str(tmp_path / "work"),
+                catalog_path=str(tmp_path / "catalog" / "catalog.duckdb"), **settings)
+
+
+@pytest.fixture
+def lake(bucket_uri, s3, tmp_path):
+    return make_lake(bucket_uri, s3, tmp_path)
+
+
+def loans_query(months: list[date], per_month: int = 5) -> str:
+    """Loan snapshots: `per_month` loans per month, dated mid-month."""
+    selects = [f"SELECT '{m:%Y%m}-' || i AS loan_id, DATE '{m.isoformat()}' + 14 "
+               f"AS snapshot_date, i * 100.0 AS balance, i % 2 = 0 AS closed, "
+               f"TIMESTAMP '{m.isoformat()} 08:30:00' AS loaded_at FROM range({per_month}) t(i)"
+               for m in months]
+    return " UNION ALL ".join(selects)
+
+
+def rows_of(con, view: str, order: str) -> list[tuple]:
+    return con.execute(f"SELECT * FROM {view} ORDER BY {order}").fetchall()
+
+
+def objects_under(s3, uri: str) -> list[str]:
+    """Every object under an s3:// prefix, as bucket/key paths."""
+    infos = s3.filesystem().get_file_info(pafs.FileSelector(uri.removeprefix("s3://"),
+                                                            recursive=True,
+                                                            allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def test_the_server_refuses_a_second_conditional_put(s3):
+    """What makes a Delta commit safe on S3: the second writer of a log version gets 412."""
+    key = f"conditional/{time.time_ns()}.json"
+    assert s3.put_if_absent(BUCKET, key, b"first") == 200
+    assert s3.put_if_absent(BUCKET, key, b"second") == 412
+    assert FileStore(f"s3://{BUCKET}", s3.options).read_bytes(key) == b"first"
+
+
+def test_a_bucket_lake_commits_with_conditional_puts_unless_told_otherwise(s3, tmp_path):
+    assert Lake(uri=str(tmp_path))._options is None
+    bucket = Lake(uri=f"s3://{BUCKET}/x", storage_options=s3.options)
+    assert bucket._options == {**s3.options, **CONDITIONAL_PUT}
+    chosen = Lake(uri=f"s3://{BUCKET}/x", storage_options={"aws_conditional_put": "etag"})
+    assert chosen._options == {"aws_conditional_put": "etag"}
+
+
+def test_months_published_to_a_bucket_read_back_as_published(lake, s3, tmp_path):
+    months = [JAN, FEB, MAR, APR]
+    with duckdb.connect() as con:
+        assert lake.publish(con, LOANS, loans_query([JAN, FEB]), [JAN, FEB]) == {JAN: 5,
+                                                                                 FEB: 5}
+        assert lake.version(LOANS) == 0
+        # MAR has no rows: published empty, told apart from a month never published
+        assert lake.publish(con, LOANS, loans_query([APR], 3), [MAR, APR]) == {MAR: 0, APR: 3}
+        assert lake.version(LOANS) == 1  # one commit per publish
+        assert lake.publish(con, EXAMPLE, month_rows(JAN, 7), [JAN]) == {JAN: 7}
+        assert lake.published_months(LOANS) == months
+        assert lake.published_months(LOANS, version=0) == [JAN, FEB]
+        assert lake.published_months(EXAMPLE) == [JAN]
+        assert [lake.month_rows(LOANS, m) for m in months] == [5, 5, 0, 3]
+        assert lake.commit_metadata(LOANS, 1)["months"] == ["2024-03-01", "2024-04-01"]
+
+        assert lake.read(con, "loans", LOANS, months) == 13
+        expected = con.execute(f"SELECT * FROM ({loans_query([JAN, FEB])} UNION ALL "
+                               f"{loans_query([APR], 3)}) ORDER BY loan_id").fetchall()
+        assert rows_of(con, "loans", "loan_id") == expected
+        assert lake.read(con, "example", EXAMPLE, None) == 7
+        # the partition column comes last, as DuckDB reads a local table's files
+        assert rows_of(con, "example", "id") == con.execute(
+            f"SELECT * EXCLUDE (month), month FROM ({month_rows(JAN, 7)}) ORDER BY id"
+        ).fetchall()
+
+        # the empty month: no rows, the table's own columns (no partition column added)
+        assert lake.read(con, "march", LOANS, [MAR]) == 0
+        assert con.execute("SELECT count(*) FROM march").fetchall()[0] == (0,)
+        columns = con.execute("DESCRIBE march").fetchall()
+        assert [c[0] for c in columns] == ["loan_id", "snapshot_date", "balance", "closed",
+                                           "loaded_at"]
+
+        # the same months in a local lake read with the same rows and the same DuckDB types
+        local = Lake(uri=str(tmp_path / "local"))
+        local.publish(con, LOANS, loans_query([JAN, FEB]), [JAN, FEB])
+        local.publish(con, LOANS, loans_query([APR], 3), [MAR, APR])
+        local.read(con, "local_loans", LOANS, months)
+        assert rows_of(con, "local_loans", "loan_id") == expected
+        assert con.execute("DESCRIBE local_loans").fetchall() == con.execute(
+            "DESCRIBE loans").fetchall()
+        local.read(con, "local_march", LOANS, [MAR])
+        assert con.execute("DESCRIBE local_march").fetchall() == columns
+
+        with pytest.raises(LakeError, match="no published month 2024-05"):
+            lake.read(con, "may", LOANS, [date(2024, 5, 1)])
+    # every object of the lake is under its prefix
+    assert all(o.startswith(lake.uri.removeprefix("s3://") + "/")
+               for o in objects_under(s3, lake.uri))
+
+
+def test_a_view_outlives_the_read_that_made_it(lake):
+    with duckdb.connect() as con:
+        lake.publish(con, EXAMPLE, month_rows(JAN, 4), [JAN])
+        lake.read(con, "example", EXAMPLE, [JAN])
+        import gc
+
+        gc.collect()
+        assert con.execute("SELECT count(*), sum(id) FROM example").fetchall()[0] == (4, 6)
+
+
+def test_a_read_from_a_bucket_scans_only_the_months_asked_for(lake, s3):
+    with duckdb.connect() as con:
+        lake.publish(con, EXAMPLE, " UNION ALL ".join(month_rows(m, 10) for m in (JAN, FEB)),
+                     [JAN, FEB])
+        # take February's data files away behind the table's back: a read of January that
+        # opened them would fail
+        february = [o for o in objects_under(s3, lake.table_uri(EXAMPLE))
+                    if "/month=2024-02-01/" in o]
+        assert february
+        for path in february:
+            s3.filesystem().delete_file(path)
+        assert lake.read(con, "january", EXAMPLE, [JAN]) == 10
+        assert con.execute("SELECT count(*), min(month), max(month) FROM january"
+                           ).fetchall()[0] == (10, JAN, JAN)
+        lake.read(con, "february", EXAMPLE, [FEB])
+        with pytest.raises(Exception, match="(?i)not found|no such|does not exist"):
+            con.execute("SELECT count(*) FROM february").fetchall()
+
+
+def writer_env(s3) -> dict[str, str]:
+    """A writer process's environment: the storage options as AWS_* variables only."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            **s3.options, "PYTHONPATH": str(PROJECT)}
+
+
+def test_two_writer_processes_publish_different_months_of_a_table_at_once(bucket_uri, s3,
+                                                                          tmp_path):
+    """2 x 12 months, one commit each, into a table neither has created yet."""
+    writers = [subprocess.Popen(
+        [sys.executable, WRITER, "publish", bucket_uri, str(tmp_path / f"writer-{i}"),
+         first, "12"], env=writer_env(s3), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i, first in enumerate(("2023-01-01", "2024-01-01"))]
+    outputs = [writer.communicate(timeout=240) for writer in writers]
+    for writer, (_, errors) in zip(writers, outputs, strict=True):
+        assert writer.returncode == 0, errors[-3000:]
+    commits = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    assert len(commits) == 24
+
+    lake = make_lake(bucket_uri, s3, tmp_path)
+    months = months_from(date(2023, 1, 1), 24)
+    assert lake.version(RACE) == 23  # every commit landed
+    assert sorted(c["version"] for c in commits) == list(range(24))  # each knows its own
+    for commit in commits:
+        assert lake.commit_metadata(RACE, commit["version"])["months"] == [commit["month"]]
+    assert lake.published_months(RACE) == months
+    with duckdb.connect() as con:
+        assert lake.read(con, "race", RACE, None) == 24 * 100
+        assert con.execute("SELECT count(DISTINCT (month, id)), count(DISTINCT month) "
+                           "FROM race").fetchall()[0] == (2400, 24)
+    retried = sum(bool(c["operationMetrics"].get("num_retries"))
+                  for c in lake.delta(RACE).history())
+    print(f"two writers: {len(commits)} of 24 commits landed, {retried} after a conflict, "
+          f"slowest commit {max(c['seconds'] for c in commits):.2f} s")
+
+
+def test_a_writer_killed_mid_commit_leaves_the_table_unchanged(bucket_uri, s3, tmp_path):
+    lake = make_lake(bucket_uri, s3, tmp_path)
+    with duckdb.connect() as con:
+        lake.publish(con, RACE, month_rows(JAN, 50), [JAN])
+        before = lake.version(RACE)
+        lake.read(con, "before", RACE, None)
+        rows_before = rows_of(con, "before", "month, id")
+    files_before = set(objects_under(s3, lake.table_uri(RACE)))
+
+    # 8 months of 250,000 rows in one commit, written in files of 1 MB; the rows stop half
+    # way, with data files already in the bucket, and the process is killed there
+    writer = subprocess.Popen(
+        [sys.executable, WRITER, "hang", bucket_uri, str(tmp_path / "writer"), "2024-01-01",
+         "8", "250000"], env=writer_env(s3), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing", writer.stderr.read()[-3000:]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until its first data files are uploaded
+            orphans = set(objects_under(s3, lake.table_uri(RACE))) - files_before
+            if orphans:
+                break
+            time.sleep(0.05)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    orphans = set(objects_under(s3, lake.table_uri(RACE))) - files_before
+    assert orphans and all("/_delta_log/" not in o for o in orphans)
+    print(f"killed mid-commit: {len(orphans)} data files uploaded, no log entry")
+
+    assert lake.version(RACE) == before
+    assert lake.published_months(RACE) == [JAN]
+    with duckdb.connect() as con:
+        lake.read(con, "after", RACE, None)
+        assert rows_of(con, "after", "month, id") == rows_before
+        # the next publish works, and vacuum past the retention takes the orphans away
+        lake.publish(con, RACE, " UNION ALL ".join(month_rows(m, 20) for m in (JAN, FEB)),
+                     [JAN, FEB])
+        assert lake.version(RACE) == before + 1
+        assert lake.read(con, "next", RACE, None) == 40
+    assert lake.vacuum(RACE) == []  # younger than retention_days: kept
+    removed = make_lake(bucket_uri, s3, tmp_path, retention_days=0).vacuum(RACE)
+    assert {o.split("/gold/race/", 1)[1] for o in orphans} <= set(removed)
+    assert not orphans & set(objects_under(s3, lake.table_uri(RACE)))
+
+
+def test_time_travel_and_vacuum_in_a_bucket(lake, bucket_uri, s3, tmp_path):
+    with duckdb.connect() as con:
+        lake.publish(con, EXAMPLE, month_rows(JAN, 3), [JAN])
+        lake.publish(con, EXAMPLE, month_rows(JAN, 5), [JAN])  # January again, replaced
+        assert lake.version(EXAMPLE) == 1
+        assert lake.read(con, "old", EXAMPLE, [JAN], version=0) == 3
+        assert con.execute("SELECT count(*) FROM old").fetchall()[0] == (3,)
+        assert lake.read(con, "new", EXAMPLE, [JAN]) == 5
+
+        assert lake.vacuum(EXAMPLE) == []  # the replaced file is younger than 30 days
+        lake.read(con, "still_old", EXAMPLE, [JAN], version=0)
+        assert con.execute("SELECT count(*) FROM still_old").fetchall()[0] == (3,)
+
+        past = make_lake(bucket_uri, s3, tmp_path, retention_days=0)
+        assert past.vacuum(EXAMPLE, dry_run=True) == past.vacuum(EXAMPLE)
+        removed = [f for f in objects_under(s3, lake.table_uri(EXAMPLE)) if "month=" in f]
+        assert len(removed) == 1  # only the current file of January is left
+        assert lake.read(con, "current", EXAMPLE, [JAN]) == 5
+        assert con.execute("SELECT count(*) FROM current").fetchall()[0] == (5,)
+        lake.read(con, "gone", EXAMPLE, [JAN], version=0)
+        with pytest.raises(Exception, match="(?i)not found|no such|does not exist"):
+            con.execute("SELECT count(*) FROM gone").fetchall()
+
+
+def test_a_changed_column_type_is_refused_and_a_new_column_added(lake):
+    with duckdb.connect() as con:
+        lake.publish(con, EXAMPLE, month_rows(JAN, 3), [JAN])
+        retyped = (f"SELECT month, id, amount::VARCHAR AS amount, label "
+                   f"FROM ({month_rows(FEB, 3)})")
+        with pytest.raises(LakeError, match="amount was double, now string"):
+            lake.publish(con, EXAMPLE, retyped, [FEB])
+        assert lake.version(EXAMPLE) == 0
+        assert lake.published_months(EXAMPLE) == [JAN]
+
+        widened = f"SELECT *, id * 2 AS doubled FROM ({month_rows(FEB, 3)})"
+        with lake.publication(EXAMPLE) as publication:
+            publication.stage(con, widened, [FEB])
+        assert publication.added_columns == ["doubled"]
+        assert lake.read(con, "widened", EXAMPLE, [JAN, FEB]) == 6
+        assert con.execute("SELECT month, count(doubled), count(*) FROM widened GROUP BY ALL "
+                           "ORDER BY 1").fetchall() == [(JAN, 0, 3), (FEB, 3, 3)]
+
+
+def test_the_catalog_of_a_bucket_lake_is_local_and_its_views_read_the_bucket(lake, s3,
+                                                                             tmp_path):
+    with duckdb.connect() as con:
+        lake.publish(con, LOANS, loans_query([JAN, FEB]), [JAN, FEB, MAR])
+        lake.publish(con, EXAMPLE, month_rows(JAN, 4), [JAN])
+        # a column added later: old files lack it, the view has it
+        lake.publish(con, EXAMPLE, f"SELECT *, 'x' AS note FROM ({month_rows(FEB, 2)})",
+                     [FEB])
+        lake.read(con, "loans", LOANS, None)
+        lake.read(con, "example", EXAMPLE, None)
+        expected = {"silver.loans": rows_of(con, "loans", "loan_id"),
+                    "gold.example": rows_of(con, "example", "month, id")}
+        empty = Table("gold", "nothing", month_column="month", key=("id",))
+        lake.publish(con, empty, "SELECT DATE '2024-01-01' AS month, 1 AS id LIMIT 0", [JAN])
+    started = time.monotonic()
+    assert lake.refresh_catalog([LOANS, EXAMPLE, empty])
+    refresh_seconds = time.monotonic() - started
+    assert lake.catalog == tmp_path / "catalog" / "catalog.duckdb"
+    assert lake.catalog.is_file()
+
+    with lake.catalog_connection() as catalog:
+        views = dict(catalog.execute("SELECT schema_name || '.' || view_name, sql "
+                                     "FROM duckdb_views() WHERE NOT internal").fetchall())
+        assert "s3://" in views["silver.loans"] and "stand-in" not in views["silver.loans"]
+        # the catalog's views carry the partition column `month` (silver.loans has its own
+        # month column), as in a local lake
+        assert catalog.execute("SELECT * EXCLUDE (month) FROM silver.loans ORDER BY loan_id"
+                               ).fetchall() == expected["silver.loans"]
+        assert catalog.execute("SELECT * FROM gold.example ORDER BY month, id"
+                               ).fetchall() == expected["gold.example"]
+        assert catalog.execute("SELECT count(*) FROM gold.nothing").fetchall()[0] == (0,)
+        # the view's columns are those the real files give
+        files = ", ".join(f"'{f}'" for f in lake.delta(EXAMPLE).file_uris())
+        direct = catalog.execute(f"DESCRIBE SELECT * FROM read_parquet([{files}], "
+                                 "hive_partitioning = true, union_by_name = true)").fetchall()
+        assert catalog.execute("DESCRIBE gold.example").fetchall() == direct
+    # without an s3:// filesystem (httpfs, or catalog_connection's) DuckDB cannot read them
+    with duckdb.connect(str(lake.catalog), read_only=True) as plain:
+        plain.execute("SET autoinstall_known_extensions = false")
+        with pytest.raises(duckdb.Error, match="httpfs"):
+            plain.execute("SELECT count(*) FROM gold.example").fetchall()
+    print(f"catalog of a bucket lake rebuilt in {refresh_seconds:.2f} s")
+
+
+@pytest.mark.parametrize("where", ["bucket", "folder"])
+def test_the_file_store_round_trips_bytes(where, s3, bucket_uri, tmp_path):
+    uri = f"{bucket_uri}/files" if where == "bucket" else str(tmp_path / "files")
+    store = FileStore(uri, s3.options if where == "bucket" else None)
+    assert store.list() == [] and not store.exists("model/a.txt")
+    assert store.write_bytes("model/a.txt", b"first") == store.uri_of("model/a.txt")
+    assert store.write_bytes("model/a.txt", b"second version")  # replaced whole
+    store.write_bytes("model/b.json", b"{}")
+    store.write_bytes("reports/2024-01.html", bytes(range(256)) * 4096)  # 1 MiB, binary
+    assert store.read_bytes("model/a.txt") == b"second version"
+    assert store.read_bytes("reports/2024-01.html") == bytes(range(256)) * 4096
+    assert store.exists("model/a.txt") and not store.exists("model")
+    assert store.list() == ["model/a.txt", "model/b.json", "reports/2024-01.html"]
+    assert store.list("model") == ["model/a.txt", "model/b.json"]
+    assert store.list("nothing") == []
+    with pytest.raises(FileNotFoundError):
+        store.read_bytes("model/c.txt")
+    for bad in ("../outside", "/etc/passwd", ""):
+        with pytest.raises(StorageError, match="invalid path"):
+            store.write_bytes(bad, b"x")
+    assert store.delete("model/a.txt") == 1
+    assert store.delete("model") == 1
+    assert store.delete("model") == 0
+    assert store.list() == ["reports/2024-01.html"]
+    if where == "folder":  # no temporary file or empty folder left behind
+        assert sorted(p.name for p in (tmp_path / "files").rglob("*")) == ["2024-01.html",
+                                                                           "reports"]
+    else:
+        assert store.uri_of("x/y") == f"{bucket_uri}/files/x/y"
+
+
+def test_a_lake_keeps_its_files_beside_its_tables(lake, s3, tmp_path):
+    store = lake.file_store("ml/artifacts")
+    assert store.uri == f"{lake.uri}/ml/artifacts"
+    store.write_bytes("champion-2024-07/model.txt", b"tree")
+    assert objects_under(s3, lake.uri) == [
+        f"{lake.uri.removeprefix('s3://')}/ml/artifacts/champion-2024-07/model.txt"]
+    local = Lake(uri=str(tmp_path / "wh")).file_store("monitoring/reports")
+    assert local.uri == str(tmp_path / "wh" / "monitoring" / "reports")
+
+
+def test_storage_settings_come_from_the_options_then_the_environment():
+    environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "env-key",
+               "AWS_SECRET_ACCESS_KEY": "env-secret", "AWS_SESSION_TOKEN": "env-token",
+               "HOME": "/root"}
+    assert s3_settings({}, environ) == {"region": "eu-west-1", "access_key": "env-key",
+                                        "secret_key": "env-secret",
+                                        "session_token": "env-token"}
+    configured = {"aws_endpoint_url": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "k",
+                  "AWS_SECRET_ACCESS_KEY": "s", "AWS_ALLOW_HTTP": "true"}
+    # a key from the options never pairs with the environment's session token
+    assert s3_settings(configured, environ) == {
+        "endpoint": "http://127.0.0.1:9000", "region": "eu-west-1", "access_key": "k",
+        "secret_key": "s", "allow_http": "true"}
