@@ -153,7 +153,18 @@ def _warehouse_paths(raw_paths: dict, storage: dict, environ) -> dict:
     catalog = raw_paths.get("catalog") or environ.get("VINTAGE_CATALOG")
     work = raw_paths.get("work") or environ.get("VINTAGE_WORK")
     home = environ.get("DAGSTER_HOME") or raw_paths.get("dagster_home")
-    options = {str(k): str(v) for k, v in (storage.get("options") or {}).items()}
+    for key, value in (("paths.catalog", catalog), ("paths.work", work),
+                       ("paths.dagster_home", home)):
+        if value and "://" in str(value):
+            raise SettingsError(f"{key}: {value!r}: a local path (only the warehouse may be "
+                                "in a bucket)")
+    options = storage.get("options") or {}
+    if not isinstance(options, dict):
+        raise SettingsError("storage.options: a mapping of object-store options, e.g. "
+                            "AWS_REGION: eu-west-1")
+    # YAML reads `true` as a boolean; delta-rs and pyarrow take the text "true"
+    options = {str(k): str(v).lower() if isinstance(v, bool) else str(v)
+               for k, v in options.items()}
     return {
         "warehouse": warehouse,
         "catalog": Path(catalog).resolve() if catalog else base / "catalog.duckdb",

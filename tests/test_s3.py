@@ -502,3 +502,18 @@ def test_raw_to_gold_in_a_bucket_gives_the_tables_of_a_local_run(s3, bucket_uri,
             sum(bucket.month_rows(next(t for t in tables if t.name == "feature_store"), m)
                 for m in months_from(date(2023, 1, 1), 7)),)
     assert not list(tmp_path.glob("bucket/**/_delta_log"))  # no table on local disk
+
+
+def test_bucket_settings_refuse_a_catalog_in_a_bucket_and_take_yaml_booleans(tmp_path):
+    import yaml
+
+    from ml_assets.settings import SettingsError, load_settings
+
+    config = tmp_path / "vintage.yaml"
+    config.write_text(yaml.safe_dump({"paths": {"warehouse": "s3://bucket/prefix"},
+                                      "storage": {"options": {"AWS_ALLOW_HTTP": True,
+                                                              "AWS_REGION": "eu-west-1"}}}))
+    settings = load_settings(config, environ={"VINTAGE_WORK": str(tmp_path / "work")})
+    assert settings.storage_options == {"AWS_ALLOW_HTTP": "true", "AWS_REGION": "eu-west-1"}
+    with pytest.raises(SettingsError, match="paths.catalog: 's3://bucket/catalog.duckdb'"):
+        load_settings(config, environ={"VINTAGE_CATALOG": "s3://bucket/catalog.duckdb"})
