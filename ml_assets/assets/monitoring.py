@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -134,7 +135,7 @@ def register_reference(con: duckdb.DuckDBPyConnection, record: dict) -> int:
         "WHERE features.split = 'oot' AND features.training_month = $trained "
         "AND scores.trained_month = $trained AND scores.model_version = $version",
         {"trained": record["trained_month"], "version": record["model_version"]})
-    return con.execute("SELECT count(*) FROM reference_rows").fetchone()[0]
+    return con.execute("SELECT count(*) FROM reference_rows").fetchall()[0][0]
 
 
 def register_actual(con: duckdb.DuckDBPyConnection, month: date, version: str) -> int:
@@ -145,7 +146,7 @@ def register_actual(con: duckdb.DuckDBPyConnection, month: date, version: str) -
         "FROM gold_feature_store AS features JOIN gold_predictions AS scored USING (loan_id) "
         "WHERE features.application_month = $month AND scored.model_version = $version",
         {"month": month, "version": version})
-    return con.execute("SELECT count(*) FROM actual_rows").fetchone()[0]
+    return con.execute("SELECT count(*) FROM actual_rows").fetchall()[0][0]
 
 
 def predictions_by_version(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
@@ -545,15 +546,23 @@ def drift_rows(snapshot, month: date, version: str) -> list[dict]:
 def columns_to_test(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
                     ) -> tuple[list[str], dict[str, str]]:
     """The columns a drift test can compare, and why each other one cannot: a column with no
-    value on one side (evidently refuses it; for the month it is a data outage, which
-    monitoring.stability reports as missing data)."""
+    value on one side, NULL or, for a number, infinite (evidently drops those and refuses the
+    empty column; for the month it is a data outage, which monitoring.stability reports as
+    missing data)."""
     notes = {}
     for column in columns:
         empty = [side for side, frame in (("month", current), ("reference", reference))
-                 if frame[column].notna().sum() == 0]
+                 if _values(frame[column]) == 0]
         if empty:
             notes[column] = f"not tested: no value in the {' or the '.join(empty)}"
     return [c for c in columns if c not in notes], notes
+
+
+def _values(column: pd.Series) -> int:
+    """How many values a drift test can use: not NULL and, for a number, finite."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return int(np.isfinite(column.astype("float64")).sum())
+    return int(column.notna().sum())
 
 
 def write_report(snapshot, path: Path) -> None:
