@@ -293,6 +293,7 @@ def test_each_asset_depends_on_exactly_what_it_reads(world: World):
     assert graph["performance"]["gold.predictions"] == (False, world.build.rules.matured)
     assert set(graph["performance"]) == {"gold.predictions", "gold.label_store",
                                          "ml.model_registry"}
+    assert set(graph["drift"]) == set(graph["stability"])
     assert set(graph["recommendation"]) == {"monitoring.stability", "monitoring.performance",
                                             "gold.source_coverage"}
     assert all(lookup for lookup, _ in graph["summary"].values())
@@ -450,7 +451,13 @@ def test_a_column_with_no_value_is_not_drift_tested(world: World, drift):
     rows = {r["column_name"]: r for r in published(world.lake, DRIFT, [OUTAGE_MONTH])}
     assert rows["fe_1_mean"]["note"] == "not tested: no value in the month"
     assert rows["fe_1_mean"]["drifted"] is None and rows["fe_1_mean"]["method"] is None
-    assert rows["clickstream_months"]["method"] is not None  # zeros are values
+    # zeros are values: tested, and read as the outage they are
+    assert rows["clickstream_months"]["method"] is not None
+    assert rows["clickstream_months"]["note"].startswith(
+        "tested during an outage: feature_clickstream covers 0% of the month's applications")
+    assert rows["age"]["note"] is None
+    assert month_metadata(drift, DRIFT, OUTAGE_MONTH)["sources_in_outage"].value == \
+        "feature_clickstream"
 
 
 def test_drift_on_five_loans_works(world: World, drift):

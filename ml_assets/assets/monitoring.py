@@ -415,10 +415,17 @@ def performance_evaluations(thresholds: MonitoringSettings, version: str, summar
     ]
 
 
+def published_up_to(step: Step, table: Table, last: date) -> list[date]:
+    """The months of `table` published up to `last`, at the version the step reads (pinned,
+    else current)."""
+    version = step.pins.get(table.qualified_name)
+    return [m for m in step.lake.published_months(table, version) if m <= last]
+
+
 def model_oot_aucs(step: Step, versions: list[str], last_application: date) -> dict[str, float]:
     """Model version -> its out-of-time AUC at training, from the registry's months up to
     `last_application` (a model scores no month before it was trained)."""
-    months = [m for m in step.lake.published_months(MODEL_REGISTRY) if m <= last_application]
+    months = published_up_to(step, MODEL_REGISTRY, last_application)
     if not versions or not months:
         return {}
     step.read("ml_model_registry", months)
@@ -576,12 +583,14 @@ def write_report(snapshot, path: Path) -> None:
 def drift_compute(step: Step) -> dict[Table, str]:
     """monitoring.drift: per month with predictions by its champion, evidently's drift test of
     the score and the champion's most important features against its OOT reference, one row
-    per column (a column with no value on a side is listed, not tested), and the HTML report
-    at `report_path` (linked from the month's metadata)."""
+    per column (a column with no value on a side is listed, not tested; a feature of a source
+    below its coverage floor is noted as tested during an outage), and the HTML report at
+    `report_path` (linked from the month's metadata)."""
     thresholds, con = step.config.monitoring, step.con
     rows: list[dict] = []
     champions = read_champions(step) if thresholds.drift_report else {}
     scored = predictions_by_version(con)
+    failing = failing_sources(con)
     read_references(step, (champions[m] for m in step.months if m in champions))
     for month in step.months:
         record = champions.get(month)
@@ -615,6 +624,14 @@ def drift_compute(step: Step) -> dict[Table, str]:
         path = report_path(step.lake, month)
         write_report(snapshot, path)
         month_rows = drift_rows(snapshot, month, version)
+        outages = failing.get(month, {})
+        for row in month_rows:
+            source = source_of_feature(row["column_name"])
+            if row["column_name"] != SCORE and source in outages:
+                coverage, floor = outages[source]
+                row["note"] = (f"tested during an outage: {source} covers {coverage:.0%} of the "
+                               f"month's applications, below its floor {floor:.0%} "
+                               f"(gold.source_coverage): missing data, not drift")
         rows += month_rows
         drifted = sorted(r["column_name"] for r in month_rows if r["drifted"])
         step.metadata(month, {
@@ -626,6 +643,7 @@ def drift_compute(step: Step) -> dict[Table, str]:
             "drifted": ", ".join(drifted) or "none",
             "columns_not_tested": len(untested),
             **({"not_tested": ", ".join(notes)} if notes else {}),
+            **({"sources_in_outage": ", ".join(sorted(outages))} if outages else {}),
         })
     step.result_metadata["reports_folder"] = dg.MetadataValue.path(
         str(reports_folder(step.lake) / "drift"))
@@ -752,8 +770,7 @@ def summary_compute(step: Step) -> dict[Table, str]:
     four tables has not published is a LakeError naming it."""
     con, last = step.con, max(step.months)
     for table, view in SUMMARY_INPUTS.items():
-        published = [m for m in step.lake.published_months(table) if m <= last]
-        step.read(view, sorted(set(published) | set(step.months)))
+        step.read(view, sorted(set(published_up_to(step, table, last)) | set(step.months)))
     step.sql("monitoring/summary")
     con.execute(f"CREATE OR REPLACE TEMP TABLE summary_rows AS SELECT * FROM {RESULT} "
                 "WHERE list_contains($months, month)", {"months": step.months})
@@ -821,7 +838,8 @@ def monitoring_specs(build: Build) -> list[TableSpec]:
             # holds it back: the record of a model that scored is always there.
             automation_condition=dg.AutomationCondition.eager().ignore(registry_key)),
         TableSpec(
-            table=DRIFT, compute=drift_compute, inputs=(*scored, *reference),
+            table=DRIFT, compute=drift_compute,
+            inputs=(*scored, Input(SOURCE_COVERAGE, "gold_source_coverage"), *reference),
             kinds=frozenset({"duckdb", "deltalake", "evidently"})),
         TableSpec(
             table=RECOMMENDATION, compute=recommendation_compute,
