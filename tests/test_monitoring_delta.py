@@ -5,7 +5,8 @@ coverage, labels) are published directly from small hand-made frames, then the p
 The months: two champions (trained 2024-01, champion 2024-02..03; trained 2024-03, champion
 from 2024-04), scored months 2024-02 (600 loans, an unchanged population), 2024-03 (400 loans,
 the clickstream feed stopped) and 2024-04 (5 loans); their labels mature in 2024-08..10
-(both classes, one class only, 5 loans). Every other month is published empty.
+(both classes, one class only, 5 loans). 2024-05 is scored by the champion before its own.
+Every other month is published empty.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ TRAINED = {OLD: date(2024, 1, 1), NEW: date(2024, 3, 1)}
 SCORED = {date(2024, 2, 1): (OLD, 600), date(2024, 3, 1): (OLD, 400),
           date(2024, 4, 1): (NEW, 5)}
 OUTAGE_MONTH = date(2024, 3, 1)
+STALE_MONTH = date(2024, 5, 1)  # scored by OLD, though NEW is its champion
 OOT_AUC = {OLD: 0.8, NEW: 0.78}
 
 
@@ -201,6 +203,11 @@ def world(tmp_path_factory) -> World:
             coverage.append({"application_month": month, "source": source, "loans": n,
                              "coverage": 0.0 if stopped else 1.0, "floor": 0.5,
                              "status": "error" if stopped else "ok"})
+    stale = population(rng, 60, f"L{STALE_MONTH:%y%m}-", STALE_MONTH)
+    features.append(frame(stale, FEATURE_TYPES))
+    predictions.append(frame({**stale, "model_version": [OLD] * 60, "decision": ["approve"] * 60}, {
+        "loan_id": pa.string(), "customer_id": pa.string(), "application_month": pa.date32(),
+        "model_version": pa.string(), "score": pa.float64(), "decision": pa.string()}))
     publish(lake, FEATURE_STORE, pa.concat_tables(features), every)
     publish(lake, PREDICTIONS, pa.concat_tables(predictions), every)
     publish(lake, SOURCE_COVERAGE, pa.Table.from_pylist(coverage, schema=pa.schema([
@@ -382,6 +389,16 @@ def test_stability_checks_per_month(world: World, stability):
     assert "on only 5 loans: too few to judge" in few.description
     quiet = evaluations[("score_psi", "2024-06-01")]
     assert quiet.passed and quiet.metadata["reason"].text == "no predictions this month"
+
+
+def test_a_month_scored_by_another_model_than_its_champion_warns(world: World, stability):
+    assert published(world.lake, STABILITY, [STALE_MONTH]) == []
+    for name in ("score_psi", "feature_csi", "features_missing"):
+        evaluation = checks(stability)[(name, STALE_MONTH.isoformat())]
+        assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.WARN)
+        assert evaluation.description == (
+            f"the predictions of 2024-05 are by {OLD} (60 loans), not by the champion {NEW}: "
+            "re-materialise gold/predictions for the month")
 
 
 def test_an_outage_month_bands_the_stopped_feeds_features_as_outage(world: World, stability):
