@@ -177,11 +177,13 @@ class Step:
             raise LakeError(f"{self.spec.table.qualified_name} reads {view!r}, which its spec "
                             f"does not declare ({', '.join(declared) or 'no inputs'})")
         table = declared[view].table
-        version = version if version is not None else self.pins.get(table.qualified_name)
+        if version is None:
+            version = self.pins.get(table.qualified_name)
+        if version is None:  # the current version, fixed once: what is read is what is recorded
+            version = self.lake.version(table)
         rows = self.lake.read(self.con, view, table, None if months is None else list(months),
                               version)
-        self.read_versions[table.qualified_name] = (
-            version if version is not None else self.lake.version(table))
+        self.read_versions[table.qualified_name] = version
         self.rows_in += rows
         return rows
 
