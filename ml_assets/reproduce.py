@@ -115,8 +115,8 @@ def _rows_only_in(con: duckdb.DuckDBPyConnection, first: str, second: str,
     return int(count), sample
 
 
-def _rows(count: int) -> str:
-    return f"{count:,} row" + ("" if count == 1 else "s")
+def _count(count: int, noun: str = "row") -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def _keys(sample: list[tuple]) -> str:
@@ -137,11 +137,11 @@ def compare_rows(con: duckdb.DuckDBPyConnection, rebuilt: str, published: str,
     rows = con.execute(f"SELECT count(*) FROM {rebuilt}").fetchone()[0]
     if not only_rebuilt and not only_published:
         return Finding("training set rows", True,
-                       f"{_rows(rows)} rebuilt equal {published_name} (EXCEPT ALL both ways: "
+                       f"{_count(rows)} rebuilt equal {published_name} (EXCEPT ALL both ways: "
                        "0 rows)")
-    detail = [f"{_rows(only_rebuilt)} only in the rebuild"
+    detail = [f"{_count(only_rebuilt)} only in the rebuild"
               + (f" ({', '.join(key)}: {_keys(rebuilt_sample)})" if rebuilt_sample else ""),
-              f"{_rows(only_published)} only in {published_name}"
+              f"{_count(only_published)} only in {published_name}"
               + (f" ({', '.join(key)}: {_keys(published_sample)})" if published_sample else "")]
     return Finding("training set rows", False, "; ".join(detail))
 
@@ -264,7 +264,8 @@ def reproduce_predictions(build: Build, lake: Lake, store: ModelStore, month: da
                           ) -> Reproduction:
     """Rebuild `month`'s predictions from gold.feature_store, ml.model_aliases and
     gold.source_coverage at the versions the commit that published the month read, with the
-    champion's artifacts from the model store, and compare them with the published rows:
+    champion's artifacts from the model store, and compare them with the month's rows as
+    readers see them now (the current version, so a change made outside the pipeline shows):
     columns, loans, scores (to SCORE_TOLERANCE), decisions and every other column; also
     check the champion's artifacts against its registry digest. Decisions use the current
     predictions.decision_cutoff and coverage.on_failure. Raises NotPublished for a month never
@@ -280,12 +281,12 @@ def reproduce_predictions(build: Build, lake: Lake, store: ModelStore, month: da
         raise ReproduceError(f"{PREDICTIONS.qualified_name} v{publishing}, which published "
                              f"{folder_label(month)}, recorded no input versions")
     findings: list[Finding] = []
-    published_name = f"{PREDICTIONS.qualified_name} v{publishing}"
+    published_name = f"{PREDICTIONS.qualified_name} v{current}"
 
     def compare(step: Step, query: str) -> None:
         con = step.con
         con.execute(f"CREATE OR REPLACE TEMP TABLE rebuilt AS {query}")
-        lake.read(con, "published", PREDICTIONS, [month], publishing)
+        lake.read(con, "published", PREDICTIONS, [month], current)
         findings.extend(compare_predictions(con, "rebuilt", "published", published_name))
         champion = read_records(con, "SELECT * FROM model_aliases WHERE alias = $alias AND "
                                 "month = $month", AliasRecord, {"alias": ALIAS, "month": month})
@@ -327,13 +328,13 @@ def compare_predictions(con: duckdb.DuckDBPyConnection, rebuilt: str, published:
         f"FROM {rebuilt} AS r JOIN {published} AS p USING (loan_id)").fetchone()
     findings.append(Finding("scores", not over,
                             f"largest difference {max_gap:.3g} (tolerance {SCORE_TOLERANCE:g})"
-                            + (f"; {over:,} loans beyond it" if over else "")))
+                            + (f"; {_count(over, 'loan')} beyond it" if over else "")))
     findings.append(Finding("decisions", not decisions,
-                            f"{decisions:,} loans decided differently"))
+                            f"{_count(decisions, 'loan')} decided differently"))
     differing = {c: n for c, n in zip(others, other_counts, strict=True) if n}
     findings.append(Finding("other columns", not differing,
                             ", ".join(others) + " equal" if not differing else
-                            "; ".join(f"{c} differs for {n:,} loans"
+                            "; ".join(f"{c} differs for {_count(n, 'loan')}"
                                       for c, n in differing.items())))
     return findings
 
