@@ -461,7 +461,7 @@ def _registry_metadata(candidates: Sequence[Candidate]) -> dict:
                            f"{folder_label(first.window_last)} "
                            f"(OOT {folder_label(first.oot_month)})",
         "candidates": dg.MetadataValue.md(table),
-        "input_versions": dg.MetadataValue.json(json.loads(first.input_versions)),
+        "training_lineage": dg.MetadataValue.json(json.loads(first.input_versions)),
     }
     for candidate in candidates:
         metadata.update(_model_metadata(candidate.record, candidate.model))
