@@ -35,7 +35,7 @@ from ml_assets.model_config import FeatureList, ModelSpec
 from ml_assets.months import folder_label, parse_month
 from ml_assets.partitions import time_rules
 from ml_assets.spec import Build, Step, TableSpec, compute_months
-from ml_assets.tables import MODEL_REGISTRY, PREDICTIONS, TRAINING_SET
+from ml_assets.tables import MODEL_ALIASES, MODEL_REGISTRY, PREDICTIONS, TRAINING_SET
 from resources.lake import Lake, LakeError, Table
 from resources.model_store import ModelStore, artifact_digest
 
@@ -149,15 +149,17 @@ def compare_rows(con: duckdb.DuckDBPyConnection, rebuilt: str, published: str,
 # -- a model version --------------------------------------------------------------------------
 
 
-def model_record(lake: Lake, version: str) -> ModelRecord:
-    """The registry record of `version` (`<name>-YYYY-MM`); NotPublished if there is none."""
+def model_record(lake: Lake, version: str, registry_version: int | None = None
+                 ) -> ModelRecord:
+    """The registry record of model `version` (`<name>-YYYY-MM`) in ml.model_registry at
+    `registry_version` (default: current); NotPublished if there is none."""
     try:
         month = parse_month(version[-7:])
     except ValueError:
         raise NotPublished(f"{version!r} is not a model version (<name>-YYYY-MM)") from None
     with duckdb.connect() as con:
         try:
-            lake.read(con, "registry", MODEL_REGISTRY, [month])
+            lake.read(con, "registry", MODEL_REGISTRY, [month], registry_version)
         except LakeError as error:
             raise NotPublished(f"model version {version} is not in "
                                f"{MODEL_REGISTRY.qualified_name}: {error}") from None
@@ -291,11 +293,34 @@ def reproduce_predictions(build: Build, lake: Lake, store: ModelStore, month: da
         champion = read_records(con, "SELECT * FROM model_aliases WHERE alias = $alias AND "
                                 "month = $month", AliasRecord, {"alias": ALIAS, "month": month})
         if champion and champion[0].model_version:
-            findings.append(_published_artifacts(
-                store, model_record(lake, champion[0].model_version)))
+            findings.append(_champion_artifacts(lake, store, month, pins,
+                                                champion[0].model_version))
 
     _run(_spec(build, PREDICTIONS), build, lake, month, pins, {"model_store": store}, compare)
     return Reproduction(f"predictions of {folder_label(month)}", pins, tuple(findings))
+
+
+def _champion_artifacts(lake: Lake, store: ModelStore, month: date, pins: Mapping[str, int],
+                        version: str) -> Finding:
+    """The champion's artifacts now against its record in the registry as the gate read it
+    when it chose the month's champion (predictions do not read the registry; the gate's
+    commit recorded its version): artifacts replaced since (the month trained again on other
+    data) show here."""
+    aliases = pins.get(MODEL_ALIASES.qualified_name)
+    registry_version = None
+    if aliases is not None:
+        deciding = month_commit(lake, MODEL_ALIASES, month, aliases)
+        registry_version = lake.commit_metadata(MODEL_ALIASES, deciding)["input_versions"].get(
+            MODEL_REGISTRY.qualified_name)
+    record = model_record(lake, version, registry_version)
+    folder = store.version_dir(record.model_name, version)
+    read = "current" if registry_version is None else f"v{registry_version}"
+    if not folder.is_dir():
+        return Finding("champion artifacts", False, f"no artifacts at {folder}")
+    digest = artifact_digest(folder)
+    return Finding("champion artifacts", digest == record.artifact_digest,
+                   f"{folder}: digest {digest}; {MODEL_REGISTRY.qualified_name} {read}, which "
+                   f"the gate read, recorded {record.artifact_digest}")
 
 
 def compare_predictions(con: duckdb.DuckDBPyConnection, rebuilt: str, published: str,

@@ -376,7 +376,7 @@ def test_predictions_reproduce(warehouse, tmp_path):
     assert "read at: gold.feature_store v1, gold.source_coverage v1, ml.model_aliases v1" in \
         done.stdout
     for what in ("columns", "loans", "scores", "decisions", "other columns",
-                 "published artifacts"):
+                 "champion artifacts"):
         assert f"match   {what}" in done.stdout, done.stdout
     assert "reproduced: predictions of 2024-03" in done.stdout
     # one score moved by 1e-9, outside the pipeline: named, and nothing else
@@ -393,6 +393,13 @@ def test_predictions_reproduce(warehouse, tmp_path):
     assert reproduction.differences == ["scores"]
     assert "1 loan beyond it" in next(f.detail for f in reproduction.findings
                                       if f.what == "scores")
+    # the champion's artifacts rewritten (the same model, other bytes): not what the gate saw
+    champion = next(a for a in rows(copy, MODEL_ALIASES) if a["month"] == month)
+    sidecar = copy.store().version_dir(champion["model_name"],
+                                       champion["model_version"]) / "model.json"
+    sidecar.write_text(json.dumps(json.loads(sidecar.read_text())))
+    reproduction = reproduce_predictions(copy.build(), copy.lake(), copy.store(), month)
+    assert reproduction.differences == ["scores", "champion artifacts"]
 
 
 def test_reproduce_refuses_what_was_never_published(warehouse):
