@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import duckdb
 from dagster_duckdb import DuckDBResource
@@ -113,6 +114,14 @@ def _rows_only_in(con: duckdb.DuckDBPyConnection, first: str, second: str,
     sample = con.execute(f"SELECT {keys} FROM ({difference}) ORDER BY ALL LIMIT {SAMPLE}"
                          ).fetchall() if count else []
     return int(count), sample
+
+
+def _shown(path: Path) -> str:
+    """A path as given relative to the working directory when it is under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _count(count: int, noun: str = "row") -> str:
@@ -253,10 +262,10 @@ def reproduce_model(build: Build, lake: Lake, store: ModelStore, version: str) -
 def _published_artifacts(store: ModelStore, record: ModelRecord) -> Finding:
     folder = store.version_dir(record.model_name, record.model_version)
     if not folder.is_dir():
-        return Finding("published artifacts", False, f"no artifacts at {folder}")
+        return Finding("published artifacts", False, f"no artifacts at {_shown(folder)}")
     digest = artifact_digest(folder)
     return Finding("published artifacts", digest == record.artifact_digest,
-                   f"{folder}: digest {digest}, registry {record.artifact_digest}")
+                   f"{_shown(folder)}: digest {digest}, registry {record.artifact_digest}")
 
 
 # -- a month's predictions --------------------------------------------------------------------
@@ -316,11 +325,11 @@ def _champion_artifacts(lake: Lake, store: ModelStore, month: date, pins: Mappin
     folder = store.version_dir(record.model_name, version)
     read = "current" if registry_version is None else f"v{registry_version}"
     if not folder.is_dir():
-        return Finding("champion artifacts", False, f"no artifacts at {folder}")
+        return Finding("champion artifacts", False, f"no artifacts at {_shown(folder)}")
     digest = artifact_digest(folder)
     return Finding("champion artifacts", digest == record.artifact_digest,
-                   f"{folder}: digest {digest}; {MODEL_REGISTRY.qualified_name} {read}, which "
-                   f"the gate read, recorded {record.artifact_digest}")
+                   f"{_shown(folder)}: digest {digest}; {MODEL_REGISTRY.qualified_name} {read}, "
+                   f"which the gate read, recorded {record.artifact_digest}")
 
 
 def compare_predictions(con: duckdb.DuckDBPyConnection, rebuilt: str, published: str,
