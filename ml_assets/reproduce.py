@@ -96,7 +96,15 @@ def _run(spec: TableSpec, build: Build, lake: Lake, month: date, pins: Mapping[s
         if table == spec.table:
             compare(step, query)
 
-    compute_months(step, DuckDBResource(database=":memory:"), build.partitions, [month], stage)
+    try:
+        compute_months(step, DuckDBResource(database=":memory:"), build.partitions, [month],
+                       stage)
+    except duckdb.IOException as error:  # a version's file removed by a vacuum
+        read = ", ".join(f"{t} v{v}" for t, v in sorted({**step.read_versions,
+                                                          **pins}.items()))
+        raise ReproduceError(f"a file of the versions it reads ({read}) is gone, vacuumed "
+                             f"after storage.retention_days? {' '.join(str(error).split())}"
+                             ) from None
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:

@@ -36,7 +36,7 @@ from ml_assets.definitions import build_lake, build_resources, load_build
 from ml_assets.demo.generator import generate
 from ml_assets.model_config import load_model_config
 from ml_assets.months import month_range
-from ml_assets.reproduce import reproduce_model, reproduce_predictions
+from ml_assets.reproduce import ReproduceError, reproduce_model, reproduce_predictions
 from ml_assets.settings import CONFIG_DIR, load_settings
 from ml_assets.spec import asset_key, table_asset
 from ml_assets.tables import (
@@ -410,3 +410,15 @@ def test_reproduce_refuses_what_was_never_published(warehouse):
     done = run_vintage("model", "reproduce", "lightgbm-24-06", "--warehouse",
                        str(warehouse.root))
     assert done.returncode == 2 and "expected a model version" in done.stderr
+
+
+def test_reproduce_says_when_a_recorded_version_was_vacuumed(warehouse, tmp_path):
+    copy = warehouse.copy(tmp_path)
+    uri, month = str(copy.root / "gold" / "label_store"), date(2023, 12, 1)
+    write_deltalake(uri, DeltaTable(uri).to_pyarrow_table(filters=[("month", "=", month)]),
+                    mode="overwrite", partition_by=["month"],
+                    predicate=f"month = '{month.isoformat()}'")
+    assert DeltaTable(uri).vacuum(retention_hours=0, enforce_retention_duration=False,
+                                  dry_run=False)
+    with pytest.raises(ReproduceError, match=r"gold.label_store v1\) is gone, vacuumed"):
+        reproduce_model(copy.build(), copy.lake(), copy.store(), "lightgbm-2024-02")
