@@ -263,7 +263,9 @@ def compute_months(step: Step, duck: DuckDBResource, partitions: dg.PartitionsDe
     with connect(duck) as con:
         step.con, step.months = con, months
         for item in step.spec.inputs:
-            if not item.lookup:
+            # a lookup, and a table's own earlier months (a self-dependency: the run's months
+            # are not published yet, nor is anything on its first run), are read by the compute
+            if not item.lookup and item.table not in step.spec.tables:
                 step.read(item.view, upstream_months(item.mapping, months, partitions))
         for table, query in step.spec.compute(step).items():
             stage(table, query, months)

@@ -35,9 +35,10 @@ def render(definitions: dg.Definitions) -> str:
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
         partitions = node.partitions_def
+        policy = node.backfill_policy.policy_type.value if node.backfill_policy else "none"
         lines.append(f"{key.to_user_string()}  [group {node.group_name}]")
         lines.append(f"  partitions: {type(partitions).__name__ if partitions else 'none'}, "
-                     f"backfill: {node.backfill_policy.policy_type.value if node.backfill_policy else 'none'}")
+                     f"backfill: {policy}")
         for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string()):
             mapping = graph.get_partition_mapping(key, parent)
             lines.append(f"  reads {parent.to_user_string()}: {describe_mapping(mapping)}")
