@@ -16,8 +16,8 @@ from pathlib import Path
 import duckdb
 
 from ml_assets.settings import settings
+from resources.lake import sql_text
 from resources.sources import SOURCE_NAMES
-from resources.warehouse import sql_text
 
 SILVER = {"lms_loan_daily": "loan_daily", "feature_clickstream": "clickstream",
           "features_attributes": "attributes", "features_financials": "financials"}

@@ -63,7 +63,7 @@ def vintage_run(data: Path, warehouse: Path, env: dict, *extra: str) -> dict:
     stages = dict(re.findall(r"^stage (\S+)\s+([\d.]+)$", result["stdout"], re.M))
     result["stages"] = {k: float(v) for k, v in stages.items()}
     result["assets"] = asset_costs(Path(env["DAGSTER_HOME"]), result["run_id"])
-    # Each step restarts the kernel's peak-RSS count (ml_assets/measure.py), so the process's
+    # Each step restarts the kernel's peak-RSS count (ml_assets/spec.py), so the process's
     # own maximum at exit covers only its last step: the run's peak is the largest step's.
     result["peak_mb"] = max([result["peak_mb"], *(cost.get("step_peak_memory_mb", 0)
                                                   for cost in result["assets"].values())])
@@ -72,7 +72,7 @@ def vintage_run(data: Path, warehouse: Path, env: dict, *extra: str) -> dict:
 
 def asset_costs(home: Path, run_id: str) -> dict[str, dict]:
     """Per asset of a run: step seconds, rows in/out, rows per second, peak memory, from the
-    metadata its materialisations carry (ml_assets/measure.py)."""
+    metadata its materialisations carry (ml_assets/spec.py)."""
     os.environ["DAGSTER_HOME"] = str(home)
     import dagster as dg
 

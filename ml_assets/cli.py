@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -558,6 +559,62 @@ def cmd_contract_check(args) -> int:
     return EXIT_FAILED if errors else 0
 
 
+def _model_version(text: str) -> str:
+    """A model version as the registry names it: `<model name>-YYYY-MM`, of a real month."""
+    match = re.fullmatch(r"[a-z][a-z0-9_]*-(\d{4}-\d{2})", text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"expected a model version <model name>-YYYY-MM, e.g. lightgbm-2024-06, got {text!r}")
+    _month(match.group(1))
+    return text
+
+
+def _reproduce(reproduce) -> int:
+    """Run a reproduction against the configured warehouse and print what matched; exit 0
+    when everything did, 1 naming what differs or why it cannot be reproduced, 2 when what
+    was asked for was never published."""
+    config = _settings()
+    from ml_assets.definitions import build_lake, build_resources, load_build
+    from ml_assets.reproduce import NotPublished, ReproduceError, describe
+    from resources.lake import LakeError
+    from resources.model_store import ModelStoreError
+
+    try:
+        reproduction = reproduce(load_build(config), build_lake(config),
+                                 build_resources(config)["model_store"])
+    except NotPublished as error:
+        raise ArgumentError(str(error)) from None
+    except (ReproduceError, LakeError, ModelStoreError) as error:
+        print(f"vintage: cannot reproduce: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    for line in describe(reproduction):
+        print(line)
+    if reproduction.reproduced:
+        print(f"reproduced: {reproduction.subject}")
+        return 0
+    print(f"NOT reproduced: {reproduction.subject}: {', '.join(reproduction.differences)} "
+          "differ", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_model_reproduce(args) -> int:
+    _set_paths(args)
+    from ml_assets.reproduce import reproduce_model
+
+    return _reproduce(lambda build, lake, store: reproduce_model(build, lake, store,
+                                                                  args.version))
+
+
+def cmd_predictions_reproduce(args) -> int:
+    _set_paths(args)
+    from ml_assets.months import parse_month
+    from ml_assets.reproduce import reproduce_predictions
+
+    month = parse_month(args.month)
+    return _reproduce(lambda build, lake, store: reproduce_predictions(build, lake, store,
+                                                                        month))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vintage", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -652,6 +709,26 @@ def parser() -> argparse.ArgumentParser:
     add_paths(vacuum, source=False, warehouse=_existing_warehouse)
     vacuum.add_argument("--dry-run", action="store_true", help="only list what would go")
     vacuum.set_defaults(handler=cmd_warehouse_vacuum)
+
+    model = commands.add_parser("model", help="the models of the registry")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    reproduce = model_commands.add_parser(
+        "reproduce", help="rebuild a model version's training set from the table versions it "
+                          "read, retrain it, and compare with the record (writes nothing)")
+    reproduce.add_argument("version", type=_model_version,
+                           help="a model version of ml.model_registry, e.g. lightgbm-2024-06")
+    add_paths(reproduce, warehouse=_existing_warehouse)
+    reproduce.set_defaults(handler=cmd_model_reproduce)
+
+    predictions = commands.add_parser("predictions", help="the published predictions")
+    predictions_commands = predictions.add_subparsers(dest="predictions_command", required=True)
+    again = predictions_commands.add_parser(
+        "reproduce", help="rescore a month from the table versions its predictions read, with "
+                          "the champion's artifacts, and compare (writes nothing)")
+    again.add_argument("month", metavar="YYYY-MM", type=_month,
+                       help="an application month of gold.predictions")
+    add_paths(again, warehouse=_existing_warehouse)
+    again.set_defaults(handler=cmd_predictions_reproduce)
     return top
 
 

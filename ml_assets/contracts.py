@@ -379,7 +379,7 @@ def _staged_view(con: duckdb.DuckDBPyConnection, folder: Path, name: str, stagin
 def check_folder(folder: Path, contract_set: dict[str, SourceContract], staging: Path
                  ) -> dict[str, list[Finding]]:
     """Every month of every source in `folder` against its contract."""
-    from resources.warehouse import sql_text
+    from resources.lake import sql_text
 
     results = {}
     with duckdb.connect() as con:
@@ -415,8 +415,8 @@ def _reading_lines(reading: Reading, indent: str, only_changed: bool) -> list[st
 def infer_contract(folder: Path, names: tuple[str, ...], staging: Path) -> str:
     """A draft contract (YAML, with the observed figures as comments) for a user to review,
     with the reading settings each file appears to need (encoding, delimiter, decimal mark)."""
+    from resources.lake import sql_text
     from resources.sources import detect_reading, locate
-    from resources.warehouse import sql_text
 
     lines = ["# Drafted by `vintage contract infer` from " + str(folder),
              "# Review every line: types, bounds and allowed values are guesses from the data.",
@@ -490,8 +490,8 @@ def validate_source(con: duckdb.DuckDBPyConnection, staged, contract: SourceCont
                     months: list[date]) -> dict[date, list[Finding]]:
     """A staged source (resources.sources.StagedSource) against its contract for `months`:
     what the raw asset checks before it publishes, and `vintage run` before it starts."""
+    from resources.lake import sql_text
     from resources.sources import SourceError, month_range
-    from resources.warehouse import sql_text
 
     if "snapshot_date" not in staged.columns:
         raise SourceError(f"{staged.file}: column snapshot_date missing")

@@ -6,7 +6,6 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import yaml
@@ -71,6 +70,9 @@ def _features(raw: dict, where: str) -> FeatureList:
 
 
 def load_model_config(path: Path | None = None) -> ModelConfig:
+    """The model configuration of `path` (default: VINTAGE_MODELS, else config/models.yaml),
+    read when called (the code location reads it once, in `load_build`). Raises SettingsError
+    for an unknown algorithm, a bad model name, no models, or a share or count out of range."""
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
     raw = yaml.safe_load(path.read_text()) or {}
     training, champion = raw.get("training", {}), raw.get("champion", {})
@@ -106,8 +108,3 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
     if not 1 <= config.min_labelled_months <= config.window_months:
         raise SettingsError(f"{path}: training.min_labelled_months must be 1..window_months")
     return config
-
-
-@cache
-def model_config() -> ModelConfig:
-    return load_model_config()

@@ -177,11 +177,13 @@ class Step:
             raise LakeError(f"{self.spec.table.qualified_name} reads {view!r}, which its spec "
                             f"does not declare ({', '.join(declared) or 'no inputs'})")
         table = declared[view].table
-        version = version if version is not None else self.pins.get(table.qualified_name)
+        if version is None:
+            version = self.pins.get(table.qualified_name)
+        if version is None:  # the current version, fixed once: what is read is what is recorded
+            version = self.lake.version(table)
         rows = self.lake.read(self.con, view, table, None if months is None else list(months),
                               version)
-        self.read_versions[table.qualified_name] = (
-            version if version is not None else self.lake.version(table))
+        self.read_versions[table.qualified_name] = version
         self.rows_in += rows
         return rows
 
@@ -261,7 +263,9 @@ def compute_months(step: Step, duck: DuckDBResource, partitions: dg.PartitionsDe
     with connect(duck) as con:
         step.con, step.months = con, months
         for item in step.spec.inputs:
-            if not item.lookup:
+            # a lookup, and a table's own earlier months (a self-dependency: the run's months
+            # are not published yet, nor is anything on its first run), are read by the compute
+            if not item.lookup and item.table not in step.spec.tables:
                 step.read(item.view, upstream_months(item.mapping, months, partitions))
         for table, query in step.spec.compute(step).items():
             stage(table, query, months)

@@ -147,16 +147,27 @@ def _months_predicate(months: Iterable[date]) -> str:
     return f"{PARTITION} IN ({listed})"
 
 
+def _type_name(kind) -> str:
+    """A Delta type as its name: `long`, `string`, `decimal(21,1)`, `struct<...>`."""
+    text = str(kind)
+    match = re.fullmatch(r'PrimitiveType\("(.*)"\)', text)
+    return match.group(1) if match else text
+
+
 def _delta_types(schema: pa.Schema) -> dict[str, str]:
     """Column -> its Delta type name (string, long, date, timestamp_ntz, ...), as Delta would
     store an Arrow schema: the types a changed column is judged by."""
-    return {field.name: _type_name(field.type)
-            for field in DeltaSchema.from_arrow(schema).fields}
+    return {field.name: _type_name(field.type) for field in DeltaSchema.from_arrow(schema).fields}
 
 
-def _type_name(kind) -> str:
-    """A Delta type as Delta names it: `string`, `decimal(21,1)`; nested types in full."""
-    return kind.type if type(kind).__name__ == "PrimitiveType" else str(kind)
+# Types of one family replace each other without a change of meaning: Delta casts a month's
+# values to the table's type (and refuses one that does not fit).
+_FAMILIES = {"byte": "integer", "short": "integer", "integer": "integer", "long": "integer",
+             "float": "floating", "double": "floating"}
+
+
+def _same_meaning(before: str, after: str) -> bool:
+    return before == after or _FAMILIES.get(before, before) == _FAMILIES.get(after, after)
 
 
 class Publication:
@@ -402,15 +413,10 @@ class Lake(dg.ConfigurableResource):
             dataset = delta.to_pyarrow_dataset()
             relation = con.from_arrow(dataset.filter(
                 ds.field(PARTITION).isin(pa.array(wanted, pa.date32()))))
-        # one column order whatever the source: the data files' columns in the table's
-        # order (a column added later comes last), then the partition column, as DuckDB
-        # reads a local table's files; no partition column where it repeats the month column
-        columns = [f for f in _empty(delta).column_names if f != PARTITION]
-        if table.month_column == PARTITION:
-            columns.append(PARTITION)
-        relation = relation.project(", ".join('"' + c.replace('"', '""') + '"'
-                                              for c in columns))
-        relation.create_view(view, replace=True)
+        columns = [name for name in _column_names(delta)
+                   # the partition repeats the table's month column, unless it is that column
+                   if name != PARTITION or table.month_column == PARTITION]
+        relation.project(", ".join(_quoted(c) for c in columns)).create_view(view, replace=True)
         return sum(rows.get(m, 0) for m in wanted)
 
     # -- publishing ------------------------------------------------------------------------
@@ -495,12 +501,15 @@ class Lake(dg.ConfigurableResource):
     @staticmethod
     def _check_schema(table: Table, current: DeltaTable | None, schema: pa.Schema
                       ) -> list[str]:
+        """The columns `schema` adds to the table; a LakeError for a column whose type changed
+        its meaning (a number to text, a date to a timestamp; integer widths and float widths
+        are one type each)."""
         if current is None:
             return []
         before = {field.name: _type_name(field.type) for field in current.schema().fields}
         after = _delta_types(schema)
         changed = [f"{name} was {before[name]}, now {kind}" for name, kind in after.items()
-                   if name in before and before[name] != kind]
+                   if name in before and not _same_meaning(before[name], kind)]
         if changed:
             raise LakeError(f"{table.qualified_name}: a column's type changed ("
                             + "; ".join(changed) + "): refused, the table keeps its types; "
@@ -571,11 +580,13 @@ class Lake(dg.ConfigurableResource):
             listed = ", ".join(sql_literal(f) for f in sorted(files))
             source = (f"read_parquet([{listed}], hive_partitioning = true, "
                       "union_by_name = true)")
-            sql = f"CREATE OR REPLACE VIEW {table.qualified_name} AS SELECT * FROM {source}"
+            columns = ", ".join(_quoted(c) for c in _column_names(delta))
+            sql = (f"CREATE OR REPLACE VIEW {table.qualified_name} AS SELECT {columns} "
+                   f"FROM {source}")
             if self.local:
                 return sql
             data_files = pa.schema([f for f in _empty(delta).schema if f.name != PARTITION])
-            return (f"{STAND_IN}{self.table_uri(table)} {schema_token(data_files)}\n{sql}")
+            return f"{STAND_IN}{self.table_uri(table)} {schema_token(data_files)}\n{sql}"
         with duckdb.connect() as con:  # no rows: the columns, typed as DuckDB reads them
             empty = _empty(delta)
             kinds = con.from_arrow(empty).types
@@ -749,6 +760,15 @@ def _files_of(delta: DeltaTable, months: list[date]) -> list[str]:
     """The current files of `months` (absolute paths or bucket URIs)."""
     folders = {f"/{PARTITION}={m.isoformat()}/" for m in months}
     return sorted(uri for uri in delta.file_uris() if any(f in uri for f in folders))
+
+
+def _column_names(delta: DeltaTable) -> list[str]:
+    """The table's columns in its schema's order (the partition column where it was written)."""
+    return [field.name for field in delta.schema().fields]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _empty(delta: DeltaTable) -> pa.Table:

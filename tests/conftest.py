@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from resources.warehouse import sql_text
+from resources.lake import sql_text
 
 LINEAGE_TYPES = {"_row_number": pa.int64(), "_snapshot_month": pa.date32(),
                  "_source_file": pa.string()}

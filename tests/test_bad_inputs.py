@@ -25,9 +25,9 @@ import yaml
 from ml_assets.definitions import build_definitions
 from ml_assets.demo.generator import generate
 from ml_assets.runner import RANGE_END, RANGE_START
-from resources.model_store import ModelStore
-from resources.sources import Sources
-from resources.warehouse import Warehouse
+from ml_assets.settings import load_settings
+from ml_assets.tables import all_tables
+from resources.lake import Lake
 from tests.conftest import VINTAGE, run_vintage
 
 pytestmark = pytest.mark.slow
@@ -54,8 +54,10 @@ def published(base) -> Path:
 
 
 def checksums(warehouse: Path) -> dict[str, str]:
+    """Every data file and commit of every table: a failed run must change none of them."""
+    files = [*warehouse.glob("*/*/month=*/*.parquet"), *warehouse.glob("*/*/_delta_log/*")]
     return {str(p.relative_to(warehouse)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(warehouse.glob("*/*/month=*/*.parquet"))}
+            for p in sorted(files)}
 
 
 def case_folder(base: Path, name: str) -> Path:
@@ -210,10 +212,8 @@ def test_a_run_started_as_the_ui_does_stops_before_its_first_write(base, publish
     before = checksums(published)
     folder = case_folder(base, "ui_run_with_a_bad_source")
     add_mid_month_snapshot(folder / "lms_loan_daily.csv")
-    definitions = build_definitions({
-        "warehouse": Warehouse(path=str(published)),
-        "sources": Sources(folder=str(folder), staging_dir=str(published / "_staging/sources")),
-        "model_store": ModelStore(path=str(published / "ml/artifacts"))})
+    definitions = build_definitions(load_settings(environ={
+        "VINTAGE_WAREHOUSE": str(published), "VINTAGE_SOURCE": str(folder)}))
     result = definitions.resolve_job_def("monthly_pipeline").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
         tags={RANGE_START: "2023-01-01", RANGE_END: "2023-04-01"})
@@ -325,31 +325,44 @@ def demo_sized(tmp_path_factory) -> tuple[Path, Path]:
     return root, root / "wh"
 
 
+def month_rows(warehouse: Path) -> dict[str, dict]:
+    """Every table's rows per published month, read through its Delta log."""
+    lake = Lake(uri=str(warehouse))
+    found = {}
+    for table in all_tables():
+        if lake.version(table) is not None:
+            with duckdb.connect() as con:
+                lake.read(con, "t", table, None)
+                found[table.qualified_name] = dict(con.execute(
+                    f"SELECT {table.month_expression}, count(*) FROM t GROUP BY ALL").fetchall())
+    return found
+
+
 def test_a_run_killed_mid_write_leaves_every_month_whole(demo_sized):
     base, published = demo_sized
-    before = checksums(published)
+    before = month_rows(published)
     months = ["--from", "2023-01", "--to", "2023-06", "--select", "group:raw or group:silver"]
     process = subprocess.Popen(
         [VINTAGE, "run", "--source", str(base / "demo"), "--warehouse", str(published),
          *months], env={**os.environ, "DAGSTER_HOME": str(base / "home")},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not list(published.glob("*/*/.staging/*/*/written/*/*.parquet")):
+    staging = published / "_work" / "staging"
+    while not list(staging.glob("*/part-*.parquet")):
         assert process.poll() is None and time.monotonic() < deadline, "the run never wrote"
         time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    after = checksums(published)
-    assert set(after) == set(before)  # every month still there, none half written
-    for path in published.glob("*/*/month=*/*.parquet"):
-        pq.read_metadata(path)  # every published file is a whole Parquet file
-    assert not [p for p in published.glob("*/*/month=*/*") if p.suffix != ".parquet"]
+    # every table reads whole at its last commit, with the rows it had (the run republishes
+    # the same data: a commit is there whole or not at all)
+    assert month_rows(published) == before
     with duckdb.connect(str(published / "catalog.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM raw.feature_clickstream").fetchall()[0][0] > 0
     done = run_vintage("run", "--source", str(base / "demo"), "--warehouse", str(published),
                        *months, env={"DAGSTER_HOME": str(base / "home")})
     assert done.returncode == 0, done.stderr
-    assert not list(published.glob("*/*/.staging/*"))  # the dead run's leftovers are gone
+    assert not list(staging.glob("*"))  # the dead run's leftovers are gone
+    assert month_rows(published) == before
 
 
 def test_two_runs_on_different_months_at_once_both_succeed(base, published):

@@ -3,18 +3,19 @@ the same tables as one pass over the range, and publishes nothing when a group f
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import duckdb
 import pytest
 import yaml
 
-from ml_assets.assets import lake
-from ml_assets.assets.gold import FEATURE_INPUTS
+from ml_assets.assets.gold import gold_specs
+from ml_assets.definitions import load_build
 from ml_assets.demo.generator import generate
-from ml_assets.settings import CONFIG_DIR, settings
-from resources.warehouse import Warehouse
+from ml_assets.settings import CONFIG_DIR
+from ml_assets.spec import month_batches
+from ml_assets.tables import FEATURE_STORE, all_tables
+from resources.lake import Lake
 from tests.conftest import run_vintage
 
 pytestmark = pytest.mark.slow
@@ -51,13 +52,14 @@ def runs(tmp_path_factory):
     return warehouses
 
 
-def test_the_small_limit_really_splits_the_range(runs, monkeypatch):
-    small = dataclasses.replace(settings(), batch_rows=SMALL_BATCH)
-    monkeypatch.setattr(lake, "settings", lambda: small)
+def test_the_small_limit_really_splits_the_range(runs):
     from ml_assets.months import parse_month
 
+    build = load_build()
+    [features] = [s for s in gold_specs(build) if s.table == FEATURE_STORE]
     months = [parse_month(f"2023-{m:02d}") for m in range(1, 13)]
-    batches = lake.month_batches(Warehouse(path=str(runs[SMALL_BATCH])), FEATURE_INPUTS, months)
+    batches = month_batches(Lake(uri=str(runs[SMALL_BATCH])), features.inputs, months,
+                            build.partitions, SMALL_BATCH)
     assert len(batches) > 2
     assert [m for batch in batches for m in batch] == months  # consecutive, each month once
 
@@ -65,8 +67,11 @@ def test_the_small_limit_really_splits_the_range(runs, monkeypatch):
 @pytest.mark.parametrize("table", COMPARED)
 def test_groups_of_months_give_the_same_tables_as_one_pass(runs, table):
     con = duckdb.connect()
-    small, large = (f"read_parquet('{runs[rows]}/{table.replace('.', '/')}/month=*/*.parquet')"
-                    for rows in (SMALL_BATCH, 100_000_000))
+    [spec] = [t for t in all_tables() if t.qualified_name == table]
+    small, large = "small", "large"
+    for rows, view in ((SMALL_BATCH, small), (100_000_000, large)):
+        Lake(uri=str(runs[rows])).read(con, view, spec, None)
+        assert Lake(uri=str(runs[rows])).version(spec) == 0  # the step's groups: one commit
     [(rows,)] = con.execute(f"SELECT count(*) FROM {large}").fetchall()
     assert rows > 0
     differing = con.execute(f"SELECT count(*) FROM ((SELECT * FROM {small} EXCEPT ALL "

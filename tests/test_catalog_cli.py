@@ -1,6 +1,8 @@
 """The catalog opened by the DuckDB command-line client users have (duckdb-cli 1.5.6, a dev
 dependency, so `.venv/bin/duckdb`), by the Python duckdb 2.0 read-only, during and after real
-runs; and an old catalog, written in DuckDB 2.0's own storage format, migrated in place."""
+runs; and an old catalog, written in DuckDB 2.0's own storage format, migrated in place. The
+catalog holds a view per Delta table over its current files, rebuilt whole and renamed into
+place at the end of every step."""
 
 from __future__ import annotations
 
@@ -18,12 +20,8 @@ import duckdb
 import pytest
 
 from ml_assets.demo.generator import generate
-from resources.warehouse import (
-    CATALOG_STORAGE_NUMBER,
-    Table,
-    Warehouse,
-    catalog_storage_number,
-)
+from ml_assets.tables import all_tables
+from resources.lake import CATALOG_STORAGE_NUMBER, Lake, Table, catalog_storage_number
 from tests.conftest import VINTAGE, run_vintage
 
 DUCKDB_CLI = str(Path(sys.executable).parent / "duckdb")
@@ -52,23 +50,26 @@ def python_rows(catalog: Path, sql: str) -> list[dict]:
                  for c, v in zip(columns, row, strict=True)} for row in result.fetchall()]
 
 
-def publish(warehouse: Warehouse, table: Table, rows: list[tuple], months: list[date]) -> None:
-    with warehouse.connect() as con:
+def publish(lake: Lake, table: Table, rows: list[tuple], months: list[date],
+            tables: list[Table] | None = None) -> None:
+    """Publish the rows, then rebuild the catalog as a step does at its end."""
+    with duckdb.connect() as con:
         con.execute("CREATE TEMP TABLE input (id INTEGER, month DATE, value VARCHAR)")
         if rows:
             con.executemany("INSERT INTO input VALUES (?, ?, ?)", rows)
-        warehouse.publish(con, table, "SELECT * FROM input", months)
+        lake.publish(con, table, "SELECT * FROM input", months)
+    lake.refresh_catalog(tables or [table], changed=[table])
 
 
-def write_catalog_in_duckdb_2_format(warehouse: Warehouse, views: dict[str, str]) -> None:
+def write_catalog_in_duckdb_2_format(lake: Lake, views: list[str]) -> None:
     """A catalog as the platform wrote it before: DuckDB 2.0's default storage format."""
-    warehouse.catalog_path.unlink(missing_ok=True)
-    with duckdb.connect(str(warehouse.catalog_path)) as con:
+    lake.catalog.unlink(missing_ok=True)
+    with duckdb.connect(str(lake.catalog)) as con:
         for schema in ("raw", "silver", "gold", "ml", "monitoring"):
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        for statement in views.values():
+        for statement in views:
             con.execute(statement)
-    assert catalog_storage_number(warehouse.catalog_path) != CATALOG_STORAGE_NUMBER
+    assert catalog_storage_number(lake.catalog) != CATALOG_STORAGE_NUMBER
 
 
 def test_the_cli_is_duckdb_1_5():
@@ -77,63 +78,57 @@ def test_the_cli_is_duckdb_1_5():
 
 
 def test_the_cli_reads_the_catalog_as_python_does(tmp_path):
-    warehouse = Warehouse(path=str(tmp_path / "wh"))
-    publish(warehouse, TABLE, [(1, JAN, "a"), (2, FEB, "it's")], [JAN, FEB])
-    assert catalog_storage_number(warehouse.catalog_path) == CATALOG_STORAGE_NUMBER
+    lake = Lake(uri=str(tmp_path / "wh"))
+    publish(lake, TABLE, [(1, JAN, "a"), (2, FEB, "it's")], [JAN, FEB])
+    assert catalog_storage_number(lake.catalog) == CATALOG_STORAGE_NUMBER
     sql = "SELECT id, month, value FROM gold.example ORDER BY id"
-    assert cli_rows(warehouse.catalog_path, sql) == python_rows(warehouse.catalog_path, sql) == [
+    assert cli_rows(lake.catalog, sql) == python_rows(lake.catalog, sql) == [
         {"id": 1, "month": "2024-01-01", "value": "a"},
         {"id": 2, "month": "2024-02-01", "value": "it's"}]
-    # a new month of a known table shows in the view without a rebuild
-    before = warehouse.catalog_path.stat().st_mtime_ns
-    publish(warehouse, TABLE, [(3, date(2024, 3, 1), "c")], [date(2024, 3, 1)])
-    assert warehouse.catalog_path.stat().st_mtime_ns == before
-    assert cli_rows(warehouse.catalog_path, "SELECT count(*) AS n FROM gold.example") == [
-        {"n": 3}]
+    # a new month shows once the step that published it has rebuilt the catalog
+    publish(lake, TABLE, [(3, date(2024, 3, 1), "c")], [date(2024, 3, 1)])
+    assert cli_rows(lake.catalog, "SELECT count(*) AS n FROM gold.example") == [{"n": 3}]
 
 
-def test_a_catalog_in_duckdb_2_format_is_rebuilt_at_the_next_publish(tmp_path):
-    warehouse = Warehouse(path=str(tmp_path / "wh"))
-    publish(warehouse, TABLE, [(1, JAN, "a")], [JAN])
+def test_a_catalog_in_duckdb_2_format_is_rebuilt_at_the_next_step(tmp_path):
+    lake = Lake(uri=str(tmp_path / "wh"))
     other = Table("silver", "other", "month", ("id",))
-    publish(warehouse, other, [(7, JAN, "x")], [JAN])
-    write_catalog_in_duckdb_2_format(warehouse, {"gold.example": warehouse.view_sql(TABLE)})
-    refused = cli(warehouse.catalog_path, "SELECT 1")
+    publish(lake, TABLE, [(1, JAN, "a")], [JAN], [TABLE, other])
+    publish(lake, other, [(7, JAN, "x")], [JAN], [TABLE, other])
+    write_catalog_in_duckdb_2_format(lake, [lake.view_sql(TABLE)])
+    refused = cli(lake.catalog, "SELECT 1")
     assert refused.returncode != 0
     assert "version number 69" in refused.stderr
-    # the next month of a known table, whose view is unchanged, still migrates the catalog
-    publish(warehouse, TABLE, [(2, FEB, "b")], [FEB])
-    assert catalog_storage_number(warehouse.catalog_path) == CATALOG_STORAGE_NUMBER
-    assert cli_rows(warehouse.catalog_path, "SELECT count(*) AS n FROM gold.example") == [
-        {"n": 2}]
-    # rebuilt from the lake: every table's view, including one the old catalog lacked
-    assert cli_rows(warehouse.catalog_path, "SELECT id FROM silver.other") == [{"id": 7}]
-    assert not list(warehouse.root.glob(".catalog-draft-*"))
+    publish(lake, TABLE, [(2, FEB, "b")], [FEB], [TABLE, other])
+    assert catalog_storage_number(lake.catalog) == CATALOG_STORAGE_NUMBER
+    assert cli_rows(lake.catalog, "SELECT count(*) AS n FROM gold.example") == [{"n": 2}]
+    # rebuilt with every table's view, including one the old catalog lacked
+    assert cli_rows(lake.catalog, "SELECT id FROM silver.other") == [{"id": 7}]
+    assert not list(lake.catalog.parent.glob(".catalog-draft-*"))
 
 
-def test_a_missing_catalog_is_rebuilt_at_the_next_publish(tmp_path):
-    warehouse = Warehouse(path=str(tmp_path / "wh"))
-    publish(warehouse, TABLE, [(1, JAN, "a")], [JAN])
-    warehouse.catalog_path.unlink()
-    publish(warehouse, TABLE, [(2, FEB, "b")], [FEB])
-    assert python_rows(warehouse.catalog_path, "SELECT count(*) AS n FROM gold.example") == [
-        {"n": 2}]
+def test_a_missing_catalog_is_rebuilt_at_the_next_step(tmp_path):
+    lake = Lake(uri=str(tmp_path / "wh"))
+    publish(lake, TABLE, [(1, JAN, "a")], [JAN])
+    lake.catalog.unlink()
+    publish(lake, TABLE, [(2, FEB, "b")], [FEB])
+    assert python_rows(lake.catalog, "SELECT count(*) AS n FROM gold.example") == [{"n": 2}]
 
 
 def test_readers_never_see_a_half_written_catalog(tmp_path):
     """The CLI and Python open the catalog over and over while it is rebuilt over and over:
     every open succeeds and sees every view."""
-    warehouse = Warehouse(path=str(tmp_path / "wh"))
-    publish(warehouse, TABLE, [(1, JAN, "a")], [JAN])
-    for index in range(20):  # a catalog of some size, so a rebuild takes a while
-        publish(warehouse, Table("silver", f"table_{index}", "month", ("id",)),
-                [(index, JAN, "x")], [JAN])
+    lake = Lake(uri=str(tmp_path / "wh"))
+    tables = [TABLE, *(Table("silver", f"table_{index}", "month", ("id",))
+                       for index in range(20))]  # a catalog of some size
+    for index, table in enumerate(tables):
+        publish(lake, table, [(index, JAN, "x")], [JAN], tables)
     stop, rebuilds, errors = threading.Event(), [], []
 
     def rebuild():
         while not stop.is_set():
             try:
-                assert warehouse.refresh_catalog()
+                assert lake.refresh_catalog(tables)
                 rebuilds.append(1)
             except Exception as error:  # noqa: BLE001 - reported by the assertion below
                 errors.append(error)
@@ -144,9 +139,9 @@ def test_readers_never_see_a_half_written_catalog(tmp_path):
         queries = 0
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline or queries < 20:
-            assert cli_rows(warehouse.catalog_path,
+            assert cli_rows(lake.catalog,
                             "SELECT count(*) AS n FROM silver.table_19") == [{"n": 1}]
-            assert python_rows(warehouse.catalog_path,
+            assert python_rows(lake.catalog,
                                "SELECT count(*) AS n FROM gold.example") == [{"n": 1}]
             queries += 1
     finally:
@@ -154,18 +149,18 @@ def test_readers_never_see_a_half_written_catalog(tmp_path):
         worker.join()
     assert not errors, errors
     assert len(rebuilds) >= 10, f"only {len(rebuilds)} rebuilds during {queries} queries"
-    assert not list(warehouse.root.glob(".catalog-draft-*"))
+    assert not list(lake.catalog.parent.glob(".catalog-draft-*"))
 
 
 def test_a_held_rebuild_lock_leaves_the_catalog_as_it_was(tmp_path):
-    warehouse = Warehouse(path=str(tmp_path / "wh"))
-    publish(warehouse, TABLE, [(1, JAN, "a")], [JAN])
-    before = warehouse.catalog_path.read_bytes()
-    with open(warehouse.root / ".catalog.lock", "a") as lock:
+    lake = Lake(uri=str(tmp_path / "wh"))
+    publish(lake, TABLE, [(1, JAN, "a")], [JAN])
+    before = lake.catalog.read_bytes()
+    with open(lake.catalog.parent / ".catalog.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process rebuilding
-        assert warehouse.refresh_catalog(wait_seconds=0.3) is False
-    assert warehouse.catalog_path.read_bytes() == before
-    assert warehouse.refresh_catalog(wait_seconds=0.3) is True
+        assert lake.refresh_catalog([TABLE], wait_seconds=0.3) is False
+    assert lake.catalog.read_bytes() == before
+    assert lake.refresh_catalog([TABLE], wait_seconds=0.3) is True
 
 
 MONTHS_BEFORE = ["--from", "2023-01", "--to", "2023-03", "--select",
@@ -182,9 +177,9 @@ def test_the_cli_queries_the_catalog_during_and_after_a_run(tmp_path):
     paths = ["--source", str(tmp_path / "src"), "--warehouse", str(tmp_path / "wh")]
     done = run_vintage("run", *paths, *MONTHS_BEFORE, env=env)
     assert done.returncode == 0, done.stderr
-    warehouse = Warehouse(path=str(tmp_path / "wh"))
-    write_catalog_in_duckdb_2_format(warehouse, warehouse.catalog_views())
-    catalog = warehouse.catalog_path
+    lake = Lake(uri=str(tmp_path / "wh"))
+    write_catalog_in_duckdb_2_format(lake, [v for v in map(lake.view_sql, all_tables()) if v])
+    catalog = lake.catalog
 
     run = subprocess.Popen([VINTAGE, "run", *paths, "--from", "2023-01", "--to", "2024-03"],
                            env={**os.environ, **env}, stdout=subprocess.PIPE,
@@ -218,17 +213,22 @@ def test_the_cli_queries_the_catalog_during_and_after_a_run(tmp_path):
     assert rows and rows == python_rows(catalog, sql)
     views = cli_rows(catalog, "SELECT schema_name || '.' || view_name AS name FROM "
                               "duckdb_views() WHERE NOT internal ORDER BY 1")
-    assert [v["name"] for v in views] == sorted(warehouse.catalog_views())
+    assert [v["name"] for v in views] == sorted(
+        t.qualified_name for t in all_tables() if lake.version(t) is not None)
     assert {"ml.model_registry", "monitoring.summary"} <= {v["name"] for v in views}
 
 
 def test_vintage_catalog_refresh_migrates_an_old_catalog(tmp_path):
-    warehouse = Warehouse(path=str(tmp_path / "wh"))
-    publish(warehouse, TABLE, [(1, JAN, "a")], [JAN])
-    write_catalog_in_duckdb_2_format(warehouse, {})
+    lake = Lake(uri=str(tmp_path / "wh"))
+    example = Table("gold", "feature_store", "application_month", ("loan_id",))
+    with duckdb.connect() as con:
+        lake.publish(con, example, "SELECT 'L1' AS loan_id, DATE '2024-01-01' AS "
+                                   "application_month", [JAN])
+    write_catalog_in_duckdb_2_format(lake, [])
     done = run_vintage("catalog", "refresh", "--warehouse", str(tmp_path / "wh"),
                        env={"DAGSTER_HOME": str(tmp_path / "home")}, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"catalog refreshed: {warehouse.catalog_path}" in done.stdout
-    assert catalog_storage_number(warehouse.catalog_path) == CATALOG_STORAGE_NUMBER
-    assert cli_rows(warehouse.catalog_path, "SELECT id FROM gold.example") == [{"id": 1}]
+    assert f"catalog refreshed: {lake.catalog}" in done.stdout
+    assert catalog_storage_number(lake.catalog) == CATALOG_STORAGE_NUMBER
+    assert cli_rows(lake.catalog, "SELECT loan_id FROM gold.feature_store") == [
+        {"loan_id": "L1"}]

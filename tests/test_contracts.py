@@ -20,8 +20,8 @@ from ml_assets.contracts import (
     load_contracts,
 )
 from ml_assets.demo.generator import generate
+from resources.lake import sql_text
 from resources.sources import SOURCE_NAMES
-from resources.warehouse import sql_text
 
 JAN, FEB = date(2024, 1, 1), date(2024, 2, 1)
 

@@ -12,9 +12,13 @@ import pytest
 
 from ml_assets.assets.gold import source_windows
 from ml_assets.assets.models import coverage_verdict, decide_applications
+from ml_assets.definitions import load_build
 from ml_assets.months import add_months, month_range
-from ml_assets.partitions import coverage_trailing, window_pairs
+from ml_assets.partitions import window_pairs
 from ml_assets.settings import source_of_feature
+
+BUILD = load_build()
+TRAILING = BUILD.rules.coverage_trailing
 
 FLOORS = {"features_attributes": 0.95, "features_financials": 0.95, "feature_clickstream": 0.3}
 FIRST, LAST = date(2024, 1, 1), date(2024, 9, 1)
@@ -73,8 +77,8 @@ def coverage(transform):
     every_month = dict.fromkeys(MONTHS, 20)
     rows = transform("gold/source_coverage", {
         "gold_feature_store": pa.Table.from_pylist(applications, schema=schema),
-        "coverage_trailing": window_pairs(coverage_trailing, MONTHS),
-        "source_windows": source_windows(),
+        "coverage_trailing": window_pairs(TRAILING, MONTHS, BUILD.partitions),
+        "source_windows": source_windows(BUILD.config),
         "source_floors": pa.table({"source": list(FLOORS), "floor": list(FLOORS.values())}),
         "silver_attributes": source_rows(every_month),
         "silver_financials": source_rows(every_month),
@@ -182,6 +186,6 @@ def test_applications_missing_a_failing_source_are_referred():
 
 
 def test_trailing_window_is_the_months_before():
-    pairs = window_pairs(coverage_trailing, [date(2024, 7, 1)]).to_pylist()
+    pairs = window_pairs(TRAILING, [date(2024, 7, 1)], BUILD.partitions).to_pylist()
     assert [p["upstream_month"] for p in pairs] == [add_months(date(2024, 7, 1), -k)
                                                     for k in range(6, 0, -1)]

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import resources.sources as sources
+from resources.lake import sql_text
 from resources.sources import (
     SOURCE_NAMES,
     Reading,
@@ -34,7 +35,6 @@ from resources.sources import (
     month_range,
     stage,
 )
-from resources.warehouse import sql_text
 
 COLUMNS = ["Customer_ID", "Name", "Amount", "Count", "Mix", "loan_start_date", "snapshot_date"]
 ROWS = [

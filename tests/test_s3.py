@@ -125,10 +125,8 @@ def test_months_published_to_a_bucket_read_back_as_published(lake, s3, tmp_path)
                                f"{loans_query([APR], 3)}) ORDER BY loan_id").fetchall()
         assert rows_of(con, "loans", "loan_id") == expected
         assert lake.read(con, "example", EXAMPLE, None) == 7
-        # the partition column comes last, as DuckDB reads a local table's files
         assert rows_of(con, "example", "id") == con.execute(
-            f"SELECT * EXCLUDE (month), month FROM ({month_rows(JAN, 7)}) ORDER BY id"
-        ).fetchall()
+            f"SELECT * FROM ({month_rows(JAN, 7)}) ORDER BY id").fetchall()
 
         # the empty month: no rows, the table's own columns (no partition column added)
         assert lake.read(con, "march", LOANS, [MAR]) == 0
@@ -340,11 +338,11 @@ def test_the_catalog_of_a_bucket_lake_is_local_and_its_views_read_the_bucket(lak
         assert catalog.execute("SELECT * FROM gold.example ORDER BY month, id"
                                ).fetchall() == expected["gold.example"]
         assert catalog.execute("SELECT count(*) FROM gold.nothing").fetchall()[0] == (0,)
-        # the view's columns are those the real files give
+        # the view's columns (in the table's order) are typed as the real files give them
         files = ", ".join(f"'{f}'" for f in lake.delta(EXAMPLE).file_uris())
         direct = catalog.execute(f"DESCRIBE SELECT * FROM read_parquet([{files}], "
                                  "hive_partitioning = true, union_by_name = true)").fetchall()
-        assert catalog.execute("DESCRIBE gold.example").fetchall() == direct
+        assert sorted(catalog.execute("DESCRIBE gold.example").fetchall()) == sorted(direct)
     # without an s3:// filesystem (httpfs, or catalog_connection's) DuckDB cannot read them
     with duckdb.connect(str(lake.catalog), read_only=True) as plain:
         plain.execute("SET autoinstall_known_extensions = false")

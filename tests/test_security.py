@@ -7,7 +7,7 @@ import pytest
 
 from ml_assets.cli import parser
 from ml_assets.tables import all_tables
-from resources.warehouse import Table, WarehouseError
+from resources.lake import LakeError, Table
 
 ROOT = Path(__file__).resolve().parent.parent
 PICKLING = re.compile(r"\b(import (c?pickle|dill|joblib|cloudpickle)|pickle\.(load|dump)|"
@@ -32,7 +32,7 @@ def test_nothing_in_the_project_pickles():
     ("gold", "feature_store", "month) ; --"),
 ])
 def test_table_identifiers_are_validated(schema, name, column):
-    with pytest.raises(WarehouseError):
+    with pytest.raises(LakeError):
         Table(schema, name, column, ("id",))
 
 

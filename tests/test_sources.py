@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from resources.lake import sql_text
 from resources.sources import SourceError, Sources, locate, month_range, stage
-from resources.warehouse import sql_text
 
 CSV = (
     "Customer_ID,Age,Type_of_Loan,snapshot_date\n"

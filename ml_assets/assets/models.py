@@ -1,4 +1,5 @@
-"""ML: the training set, the candidate models, the champion gate and the monthly predictions.
+"""ML: the training set, the candidate models (one registry asset), the champion gate and the
+monthly predictions, as table specs.
 
 Time rules (DESIGN section 3), all through partition mappings:
 - training month T learns from labels observed in T-window..T-1 (never T or later), with the
@@ -6,10 +7,24 @@ Time rules (DESIGN section 3), all through partition mappings:
 - the champion of month M was trained in M or before, so predictions for M never use a label
   the model could not have seen; the gate at T compares candidates with the champion of T-1
   on T's out-of-time month.
+
+Every record the ML tables hold is a frozen dataclass below: its fields are the table's columns
+and give the Arrow schema (`arrow_schema`), so a column is declared in one place. Training a
+candidate (`train_candidate`) and scoring a month (`predictions_compute`) are the functions the
+assets run and `vintage model reproduce` / `vintage predictions reproduce` run again
+(`ml_assets/reproduce.py`).
 """
 
+from __future__ import annotations
+
+import dataclasses
 import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Annotated
 
 import dagster as dg
 import duckdb
@@ -18,24 +33,14 @@ import pandas as pd
 import pyarrow as pa
 
 from ml_assets import metrics
-from ml_assets.assets.lake import (
-    RESULT,
-    Upstream,
-    compute,
-    describe_table,
-    month_batches,
-    monthly_asset,
-    publish,
-    read_upstreams,
-)
-from ml_assets.checks import check_outputs, evaluation, materialized, spec
 from ml_assets.metadata import markdown_table
-from ml_assets.model_config import ModelSpec, model_config
+from ml_assets.model_config import ModelConfig, ModelSpec
 from ml_assets.modeling import Model, feature_schema_hash, fingerprint, train_model
-from ml_assets.months import add_months, folder_label, parse_month, partition_key
-from ml_assets.partitions import monthly_partitions, run_months, training_windows, window_pairs
+from ml_assets.months import folder_label
+from ml_assets.partitions import upstream_months, window_pairs
 from ml_assets.plots import bar_chart
-from ml_assets.settings import settings, source_of_feature
+from ml_assets.settings import source_of_feature
+from ml_assets.spec import RESULT, WARN, Build, Check, Input, Step, TableSpec, asset_key
 from ml_assets.tables import (
     FEATURE_STORE,
     LABEL_STORE,
@@ -45,114 +50,157 @@ from ml_assets.tables import (
     SCORE_REFERENCE,
     SOURCE_COVERAGE,
     TRAINING_SET,
-    asset_key,
 )
+from resources.lake import MONTHS_KEY, Lake, LakeError, Table
 from resources.model_store import ModelStore, artifact_digest, code_version
-from resources.warehouse import Warehouse
 
-CONFIG = model_config()
-LABEL_WINDOW, FEATURE_WINDOW = training_windows(CONFIG.window_months, settings().label.mob)
-TRAINING_INPUTS = [
-    Upstream("gold_label_store", LABEL_STORE, LABEL_WINDOW),
-    Upstream("gold_feature_store", FEATURE_STORE, FEATURE_WINDOW),
-]
+ALIAS = "champion"
+CHAMPION = asset_key(MODEL_ALIASES)  # the champion gate's asset, ml/model_aliases
+TOP_FEATURES = 15
+# the training set's columns that are not features
 SPLIT_COLUMNS = ("training_month", "loan_id", "customer_id", "application_month",
                  "observation_month", "label", "label_def", "split")
-CHAMPION = dg.AssetKey(["ml", "champion"])
-ALIAS = "champion"
-TOP_FEATURES = 15
 
-REGISTRY_SCHEMA = pa.schema([
-    ("model_version", pa.string()), ("model_name", pa.string()), ("algorithm", pa.string()),
-    ("trained_month", pa.date32()), ("window_first", pa.date32()), ("window_last", pa.date32()),
-    ("oot_month", pa.date32()), ("label_def", pa.string()), ("features", pa.list_(pa.string())),
-    ("categorical_features", pa.list_(pa.string())), ("importances", pa.string()),
-    ("feature_schema_hash", pa.string()), ("data_fingerprint", pa.string()),
-    ("params", pa.string()), ("n_train", pa.int64()), ("n_test", pa.int64()),
-    ("n_oot", pa.int64()), ("train_auc", pa.float64()), ("test_auc", pa.float64()),
-    ("oot_auc", pa.float64()), ("oot_gini", pa.float64()), ("oot_ks", pa.float64()),
-    ("oot_log_loss", pa.float64()), ("oot_brier", pa.float64()), ("metrics", pa.string()),
-    ("checks_passed", pa.bool_()), ("checks", pa.string()), ("artifact_path", pa.string()),
-    ("artifact_digest", pa.string()), ("code_version", pa.string()),
-    ("trained_at", pa.timestamp("us")),
-])
-REFERENCE_SCHEMA = pa.schema([
-    ("model_version", pa.string()), ("trained_month", pa.date32()), ("loan_id", pa.string()),
-    ("observation_month", pa.date32()), ("label", pa.int8()), ("score", pa.float64()),
-])
-ALIAS_SCHEMA = pa.schema([
-    ("alias", pa.string()), ("month", pa.date32()), ("model_version", pa.string()),
-    ("model_name", pa.string()), ("trained_month", pa.date32()), ("decision", pa.string()),
-    ("reason", pa.string()), ("previous_version", pa.string()),
-    ("challenger_version", pa.string()), ("challenger_oot_auc", pa.float64()),
-    ("champion_oot_auc", pa.float64()), ("min_auc_gain", pa.float64()),
-    ("oot_month", pa.date32()), ("decided_at", pa.timestamp("us")),
-])
-PREDICTION_SCHEMA = pa.schema([
-    ("loan_id", pa.string()), ("customer_id", pa.string()), ("application_month", pa.date32()),
-    ("model_version", pa.string()), ("score", pa.float64()), ("decision", pa.string()),
-    ("missing_sources", pa.string()), ("coverage_status", pa.string()),
-    ("coverage_issue", pa.string()),
-])
+
+# -- records: one frozen dataclass per table row, whose fields give the Arrow schema ----------
+
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
+                date: pa.date32(), datetime: pa.timestamp("us")}
+
+
+def _arrow_type(hint) -> pa.DataType:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: Arrow columns are nullable
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _arrow_type(inner)
+    if origin is Annotated:  # `Annotated[int, pa.int8()]`: a narrower Arrow type
+        return typing.get_args(hint)[1]
+    if origin is list:
+        return pa.list_(_arrow_type(typing.get_args(hint)[0]))
+    return _ARROW_TYPES[hint]
+
+
+def arrow_schema(record_type: type) -> pa.Schema:
+    """The Arrow schema of a record dataclass: a column per field, in field order; `str`,
+    `int` (int64), `float`, `bool`, `date` (date32), `datetime` (timestamp[us]), `list[...]`,
+    `X | None`, and `Annotated[X, <arrow type>]` for another width."""
+    hints = typing.get_type_hints(record_type, include_extras=True)
+    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name]))
+                      for f in dataclasses.fields(record_type)])
+
+
+def records_table(record_type: type, records: Sequence) -> pa.Table:
+    """Records (instances of `record_type`) as an Arrow table of its schema."""
+    names = [f.name for f in dataclasses.fields(record_type)]
+    return pa.Table.from_pylist([{n: getattr(r, n) for n in names} for r in records],
+                                schema=arrow_schema(record_type))
+
+
+def frame_table(record_type: type, frame: pd.DataFrame) -> pa.Table:
+    """A frame with a column per field of `record_type` as an Arrow table of its schema."""
+    names = [f.name for f in dataclasses.fields(record_type)]
+    return pa.Table.from_pandas(frame[names], schema=arrow_schema(record_type),
+                                preserve_index=False)
+
+
+def read_records(con: duckdb.DuckDBPyConnection, query: str, record_type: type,
+                 params: Mapping | None = None) -> list:
+    """The rows of `query` as `record_type` records (columns it does not declare are left)."""
+    result = con.execute(query, dict(params or {}))
+    columns = [d[0] for d in result.description]
+    names = {f.name for f in dataclasses.fields(record_type)}
+    return [record_type(**{c: v for c, v in zip(columns, row, strict=True) if c in names})
+            for row in result.fetchall()]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A row of ml.model_registry: one trained model version."""
+
+    model_version: str  # <name>-YYYY-MM
+    model_name: str
+    algorithm: str
+    trained_month: date
+    window_first: date  # first and last label (observation) month of the training window
+    window_last: date
+    oot_month: date
+    label_def: str
+    features: list[str]  # numeric, then categorical
+    categorical_features: list[str]
+    importances: str  # JSON {feature: importance}, most important first
+    feature_schema_hash: str
+    data_fingerprint: str  # hash of the training rows (ml_assets.modeling.fingerprint)
+    params: str  # JSON: the model's parameters, max_rounds, early_stopping_rounds
+    n_train: int
+    n_test: int
+    n_oot: int
+    train_auc: float | None
+    test_auc: float | None
+    oot_auc: float | None
+    oot_gini: float | None
+    oot_ks: float | None
+    oot_log_loss: float | None
+    oot_brier: float | None
+    metrics: str  # JSON {split: metrics.summary}
+    checks_passed: bool
+    checks: str  # JSON {check: passed}
+    artifact_path: str
+    artifact_digest: str  # resources.model_store.artifact_digest of the artifacts
+    code_version: str
+    trained_at: datetime
+    input_versions: str  # JSON {table: Delta version}: the training set and what it read
+    training_config: str  # JSON TrainingConfig: how to build the training set and train again
+
+
+@dataclass(frozen=True)
+class ReferenceScore:
+    """A row of ml.score_reference: a model version's score of one out-of-time loan."""
+
+    model_version: str
+    trained_month: date
+    loan_id: str
+    observation_month: date
+    label: Annotated[int, pa.int8()]
+    score: float
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """A row of ml.model_aliases: the champion of a month, and why it moved or stayed."""
+
+    alias: str
+    month: date
+    model_version: str | None
+    model_name: str | None
+    trained_month: date | None
+    decision: str  # first | promoted | kept | none
+    reason: str
+    previous_version: str | None
+    challenger_version: str | None
+    challenger_oot_auc: float | None
+    champion_oot_auc: float | None  # the previous champion's AUC on this month's OOT set
+    min_auc_gain: float
+    oot_month: date | None
+    decided_at: datetime
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A row of gold.predictions: a loan of the application month scored by its champion."""
+
+    loan_id: str
+    customer_id: str
+    application_month: date
+    model_version: str
+    score: float  # probability of default, 0..1
+    decision: str  # approve | decline | refer
+    missing_sources: str | None  # comma-separated sources the loan has no data from
+    coverage_status: str  # ok | warn | error, for the sources the model uses
+    coverage_issue: str | None
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def publish_rows(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, table, rows: pa.Table,
-                 months: list[date], part: str = "part-0") -> dict[date, int]:
-    con.register("_rows", rows)
-    try:
-        return warehouse.publish(con, table, "SELECT * FROM _rows", months, part=part)
-    finally:
-        con.unregister("_rows")
-
-
-# -- training set ---------------------------------------------------------------------------
-
-
-@monthly_asset(**describe_table(TRAINING_SET), deps=[u.dep() for u in TRAINING_INPUTS])
-def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
-    evaluations = []
-    with warehouse.publication(TRAINING_SET) as publication:
-        for batch in month_batches(warehouse, TRAINING_INPUTS, run_months(context)):
-            evaluations += training_months(context, warehouse, batch, publication)
-    yield from materialized(context, evaluations)
-
-
-def training_months(context: dg.AssetExecutionContext, warehouse: Warehouse, months: list[date],
-                    publication) -> list:
-    """Build and stage one group of the run's training months; their check evaluations."""
-    with warehouse.connect() as con:
-        read_upstreams(con, warehouse, TRAINING_INPUTS, months)
-        con.register("training_window", window_pairs(LABEL_WINDOW, months))
-        compute(con, "gold/training_set",
-                {"seed": CONFIG.seed, "test_fraction": CONFIG.test_fraction})
-        coverage = {row[0]: row[1:] for row in con.execute(
-            f"SELECT training_month, max(labelled_months), min(observation_month), "
-            f"max(observation_month), count_if(split = 'train'), count_if(split = 'test'), "
-            f"count_if(split = 'oot'), avg(label) FROM {RESULT} GROUP BY ALL").fetchall()}
-        con.execute(f"CREATE OR REPLACE TEMP TABLE eligible AS SELECT * EXCLUDE (labelled_months) "
-                    f"FROM {RESULT} WHERE labelled_months >= $minimum",
-                    {"minimum": CONFIG.min_labelled_months})
-        per_month = {}
-        for month in months:
-            labelled, first, last, n_train, n_test, n_oot, rate = coverage.get(
-                month, (0, None, None, 0, 0, 0, None))
-            enough = labelled >= CONFIG.min_labelled_months
-            per_month[month] = {
-                "trainable": enough,
-                "labelled_months": int(labelled),
-                "window": f"{folder_label(first)}..{folder_label(last)}" if first else "none",
-                "reason": (f"{labelled} labelled months in the window" if enough else
-                           f"nothing to train: {labelled} labelled months in the window, "
-                           f"{CONFIG.min_labelled_months} needed"),
-                **({"rows_train": n_train, "rows_test": n_test, "rows_oot": n_oot,
-                    "label_rate": float(rate)} if enough else {}),
-            }
-        return publish(context, warehouse, con, TRAINING_SET, "SELECT * FROM eligible", months,
-                       per_month, publication)
 
 
 def as_dates(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -163,10 +211,46 @@ def as_dates(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     return frame
 
 
-def load_training_frame(con: duckdb.DuckDBPyConnection, month: date, split: str | None = None
-                        ) -> pd.DataFrame:
-    """Training month `month`'s rows from the registered `training_set` view, by loan id."""
-    query = "SELECT * FROM training_set WHERE training_month = $month"
+# -- training set -----------------------------------------------------------------------------
+
+
+def training_set_compute(step: Step) -> dict[Table, str]:
+    """gold.training_set (sql/gold/training_set.sql): each training month's window of labels
+    with their application features, split train/test/oot; a month with fewer labelled months
+    than training.min_labelled_months gets no rows, and its metadata says why."""
+    models, con = step.models, step.con
+    con.register("training_window", window_pairs(step.rules.training_labels, step.months,
+                                                 step.partitions))
+    step.sql("gold/training_set", {"seed": models.seed, "test_fraction": models.test_fraction})
+    coverage = {row[0]: row[1:] for row in con.execute(
+        f"SELECT training_month, max(labelled_months), min(observation_month), "
+        f"max(observation_month), count_if(split = 'train'), count_if(split = 'test'), "
+        f"count_if(split = 'oot'), avg(label) FROM {RESULT} GROUP BY ALL").fetchall()}
+    con.execute(f"CREATE OR REPLACE TEMP TABLE training_rows AS SELECT * EXCLUDE "
+                f"(labelled_months) FROM {RESULT} WHERE labelled_months >= $minimum",
+                {"minimum": models.min_labelled_months})
+    for month in step.months:
+        labelled, first, last, n_train, n_test, n_oot, rate = coverage.get(
+            month, (0, None, None, 0, 0, 0, None))
+        trainable = labelled >= models.min_labelled_months
+        step.metadata(month, {
+            "trainable": trainable,
+            "labelled_months": int(labelled),
+            "window": f"{folder_label(first)}..{folder_label(last)}" if first else "none",
+            "reason": (f"{labelled} labelled months in the window" if trainable else
+                       f"nothing to train: {labelled} labelled months in the window, "
+                       f"{models.min_labelled_months} needed"),
+            **({"rows_train": n_train, "rows_test": n_test, "rows_oot": n_oot,
+                "label_rate": float(rate)} if trainable else {}),
+        })
+    return {TRAINING_SET: "SELECT * FROM training_rows"}
+
+
+def training_frame(con: duckdb.DuckDBPyConnection, source: str, month: date,
+                   split: str | None = None) -> pd.DataFrame:
+    """Training month `month`'s rows of `source` (a view or table of `con` with the training
+    set's columns), of one `split` or all, ordered by loan id, dates as `date`s."""
+    query = f"SELECT * FROM {source} WHERE training_month = $month"
     params: dict = {"month": month}
     if split:
         query += " AND split = $split"
@@ -174,7 +258,75 @@ def load_training_frame(con: duckdb.DuckDBPyConnection, month: date, split: str 
     return con.execute(query + " ORDER BY loan_id", params).df(date_as_object=True)
 
 
-# -- candidate models -----------------------------------------------------------------------
+# -- lineage ----------------------------------------------------------------------------------
+
+
+def month_commit(lake: Lake, table: Table, month: date, version: int | None = None) -> int:
+    """The version of the commit that last published `month` of `table` at or before
+    `version` (default: the current one): whose rows a reader of that version sees. A
+    LakeError if no commit up to `version` published the month."""
+    delta = lake.delta(table)
+    if delta is None:
+        raise LakeError(f"{table.qualified_name} has no commit")
+    for commit in sorted(delta.history(), key=lambda c: -c["version"]):
+        if version is not None and commit["version"] > version:
+            continue
+        if month.isoformat() in json.loads(commit.get(MONTHS_KEY) or "[]"):
+            return commit["version"]
+    raise LakeError(f"{table.qualified_name} has no published month {folder_label(month)} "
+                    f"at version {version}")
+
+
+def training_lineage(lake: Lake, training_set_version: int, month: date) -> dict[str, int]:
+    """{table: Delta version} of what training month `month` was built from: the training set
+    at `training_set_version`, and the label and feature store versions the commit that
+    published that month read."""
+    publishing = month_commit(lake, TRAINING_SET, month, training_set_version)
+    read = lake.commit_metadata(TRAINING_SET, publishing)["input_versions"]
+    return dict(sorted({TRAINING_SET.qualified_name: training_set_version, **read}.items()))
+
+
+# -- candidate models -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What a training set and its models depend on besides the data (config/models.yaml's
+    `training`, and the label's months on book): recorded with every model version, so that
+    it can be built and trained again the same way."""
+
+    window_months: int
+    min_labelled_months: int
+    test_fraction: float
+    seed: int
+    max_training_rows: int | None
+    label_mob: int
+
+    @classmethod
+    def of(cls, build: Build) -> TrainingConfig:
+        models = build.models
+        return cls(window_months=models.window_months,
+                   min_labelled_months=models.min_labelled_months,
+                   test_fraction=models.test_fraction, seed=models.seed,
+                   max_training_rows=models.max_training_rows, label_mob=build.config.label.mob)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingConfig:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained candidate: its registry record, its out-of-time scores (ReferenceScore rows),
+    its check outcomes {check: (passed, details)} and the model."""
+
+    record: ModelRecord
+    reference: pa.Table
+    checks: dict[str, tuple[bool, dict]]
+    model: Model
 
 
 def _sample(frame: pd.DataFrame, limit: int | None) -> pd.DataFrame:
@@ -185,27 +337,26 @@ def _sample(frame: pd.DataFrame, limit: int | None) -> pd.DataFrame:
     return frame.iloc[np.sort(order[:limit])]
 
 
-def _model_checks(key: dg.AssetKey) -> dict[str, dg.AssetCheckSpec]:
-    return {
-        "scores_valid": spec(key, "scores_valid",
-                             "Every out-of-time score is a finite probability in [0, 1]"),
-        "oot_auc_floor": spec(key, "oot_auc_floor",
-                              f"Out-of-time AUC at least {CONFIG.min_oot_auc} "
-                              "(champion.min_oot_auc); below it the model cannot be champion"),
-        "past_labels_only": spec(key, "past_labels_only",
-                                 "Every training row's label was observed before the training "
-                                 "month"),
-    }
+def model_params(model: ModelSpec) -> str:
+    """The registry's `params`: the model's parameters, max_rounds and early_stopping_rounds."""
+    return json.dumps({**model.params, "max_rounds": model.max_rounds,
+                       "early_stopping_rounds": model.early_stopping_rounds}, sort_keys=True)
 
 
-def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: ModelStore
-                    ) -> tuple[dict, pd.DataFrame, dict[str, tuple[bool, dict]], Model]:
-    """Train `model` on training month `month`'s frame. Returns the registry record, the
-    out-of-time scores (the monitoring reference), the check outcomes and the model."""
+def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: ModelStore,
+                    config: TrainingConfig, input_versions: Mapping[str, int],
+                    min_oot_auc: float) -> Candidate:
+    """Train `model` on training month `month`'s `frame` (every split of gold.training_set's
+    month, as `training_frame` reads it), save its artifacts in `store` as version
+    `<name>-YYYY-MM` (replacing that version's folder), and score its out-of-time split.
+    `input_versions` (table -> Delta version) and `config` go into the record as they are;
+    `min_oot_auc` is the floor of the `oot_auc_floor` check. Deterministic given the frame,
+    the model and the config: training the same month again gives byte-identical artifacts.
+    Raises SettingsError when a configured feature matches no column of the frame."""
     features = model.features.resolve([c for c in frame.columns if c not in SPLIT_COLUMNS])
     parts = {split: frame[frame["split"] == split] for split in ("train", "test", "oot")}
-    parts["train"] = _sample(parts["train"], CONFIG.max_training_rows)
-    fitted = train_model(model, features, parts["train"], parts["test"], CONFIG.seed)
+    parts["train"] = _sample(parts["train"], config.max_training_rows)
+    fitted = train_model(model, features, parts["train"], parts["test"], config.seed)
     scores = {split: fitted.predict(part) for split, part in parts.items()}
     summary = {split: metrics.summary(part["label"], scores[split])
                for split, part in parts.items()}
@@ -214,238 +365,249 @@ def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: M
     oot_scores = scores["oot"]
     checks = {
         "scores_valid": (bool(np.isfinite(oot_scores).all()
-                               and ((oot_scores >= 0) & (oot_scores <= 1)).all()),
+                              and ((oot_scores >= 0) & (oot_scores <= 1)).all()),
                          {"min_score": float(oot_scores.min()),
                           "max_score": float(oot_scores.max())}),
-        "oot_auc_floor": ((summary["oot"]["auc"] or 0) >= CONFIG.min_oot_auc,
-                          {"oot_auc": summary["oot"]["auc"], "floor": CONFIG.min_oot_auc}),
+        "oot_auc_floor": ((summary["oot"]["auc"] or 0) >= min_oot_auc,
+                          {"oot_auc": summary["oot"]["auc"], "floor": min_oot_auc}),
         "past_labels_only": (bool((frame["observation_month"] < month).all()),
                              {"latest_label_month": str(frame["observation_month"].max())}),
     }
-    record = {
-        "model_version": version, "model_name": model.name, "algorithm": model.algorithm,
-        "trained_month": month, "window_first": frame["observation_month"].min(),
-        "window_last": frame["observation_month"].max(),
-        "oot_month": parts["oot"]["observation_month"].max(),
-        "label_def": frame["label_def"].iloc[0], "features": list(features.names),
-        "categorical_features": list(features.categorical),
-        "importances": json.dumps(dict(sorted(fitted.importances().items(),
-                                              key=lambda kv: -kv[1]))),
-        "feature_schema_hash": feature_schema_hash(features),
-        "data_fingerprint": fingerprint(frame[[*SPLIT_COLUMNS[1:], *features.names]]),
-        "params": json.dumps({**model.params, "max_rounds": model.max_rounds,
-                              "early_stopping_rounds": model.early_stopping_rounds,
-                              "seed": CONFIG.seed}, sort_keys=True),
-        "n_train": len(parts["train"]), "n_test": len(parts["test"]), "n_oot": len(parts["oot"]),
-        "train_auc": summary["train"]["auc"], "test_auc": summary["test"]["auc"],
-        "oot_auc": summary["oot"]["auc"], "oot_gini": summary["oot"]["gini"],
-        "oot_ks": summary["oot"]["ks"], "oot_log_loss": summary["oot"]["log_loss"],
-        "oot_brier": summary["oot"]["brier"], "metrics": json.dumps(summary, sort_keys=True),
-        "checks_passed": all(passed for passed, _ in checks.values()),
-        "checks": json.dumps({n: passed for n, (passed, _) in checks.items()}, sort_keys=True),
-        "artifact_path": str(folder), "artifact_digest": artifact_digest(folder),
-        "code_version": code_version(), "trained_at": _now(),
-    }
-    reference = pd.DataFrame({
+    record = ModelRecord(
+        model_version=version, model_name=model.name, algorithm=model.algorithm,
+        trained_month=month, window_first=frame["observation_month"].min(),
+        window_last=frame["observation_month"].max(),
+        oot_month=parts["oot"]["observation_month"].max(),
+        label_def=frame["label_def"].iloc[0], features=list(features.names),
+        categorical_features=list(features.categorical),
+        importances=json.dumps(dict(sorted(fitted.importances().items(),
+                                           key=lambda kv: -kv[1]))),
+        feature_schema_hash=feature_schema_hash(features),
+        data_fingerprint=fingerprint(frame[[*SPLIT_COLUMNS[1:], *features.names]]),
+        params=model_params(model),
+        n_train=len(parts["train"]), n_test=len(parts["test"]), n_oot=len(parts["oot"]),
+        train_auc=summary["train"]["auc"], test_auc=summary["test"]["auc"],
+        oot_auc=summary["oot"]["auc"], oot_gini=summary["oot"]["gini"],
+        oot_ks=summary["oot"]["ks"], oot_log_loss=summary["oot"]["log_loss"],
+        oot_brier=summary["oot"]["brier"], metrics=json.dumps(summary, sort_keys=True),
+        checks_passed=all(passed for passed, _ in checks.values()),
+        checks=json.dumps({n: passed for n, (passed, _) in checks.items()}, sort_keys=True),
+        artifact_path=str(folder), artifact_digest=artifact_digest(folder),
+        code_version=code_version(), trained_at=_now(),
+        input_versions=json.dumps(dict(input_versions), sort_keys=True),
+        training_config=config.to_json(),
+    )
+    reference = frame_table(ReferenceScore, pd.DataFrame({
         "model_version": version, "trained_month": month,
         "loan_id": parts["oot"]["loan_id"].to_numpy(),
         "observation_month": parts["oot"]["observation_month"].to_numpy(),
         "label": parts["oot"]["label"].to_numpy(), "score": oot_scores,
-    })
-    return record, reference, checks, fitted
+    }))
+    return Candidate(record, reference, checks, fitted)
 
 
-def _model_metadata(record: dict, model: Model) -> dict:
-    summary = json.loads(record["metrics"])
+MODEL_CHECKS = {
+    "scores_valid": "Every candidate's out-of-time scores are finite probabilities in [0, 1]",
+    "oot_auc_floor": "Every candidate's out-of-time AUC at least {floor} (champion.min_oot_auc); "
+                     "a candidate below it cannot be champion",
+    "past_labels_only": "Every training row's label was observed before the training month",
+}
+
+
+def _record_model_checks(step: Step, month: date, candidates: Sequence[Candidate]) -> None:
+    """One evaluation per check and month, over every candidate of the month, naming each."""
+    for name in MODEL_CHECKS:
+        outcomes = {c.record.model_version: c.checks[name] for c in candidates}
+        failed = [version for version, (passed, _) in outcomes.items() if not passed]
+        passed = [version for version in outcomes if version not in failed]
+        step.check(name, month, not failed, {
+            version: dg.MetadataValue.json({"passed": ok, **details})
+            for version, (ok, details) in outcomes.items()},
+            description="; ".join(part for part in (
+                f"failed: {', '.join(failed)}" if failed else "",
+                f"passed: {', '.join(passed)}" if passed else "") if part))
+
+
+def _model_metadata(record: ModelRecord, model: Model) -> dict:
+    """A candidate's metrics table, top features (table and chart), artifact and hashes, keyed
+    by its model name."""
+    summary = json.loads(record.metrics)
     names = ["auc", "gini", "ks", "log_loss", "brier", "n", "default_rate"]
     rows = [[split, *[summary[split][m] for m in names]] for split in ("train", "test", "oot")]
     importances = dict(sorted(model.importances().items(), key=lambda kv: -kv[1])[:TOP_FEATURES])
+    prefix = record.model_name
     return {
-        "model_version": record["model_version"],
-        "training_window": f"{folder_label(record['window_first'])}.."
-                           f"{folder_label(record['window_last'])} "
-                           f"(OOT {folder_label(record['oot_month'])})",
-        "oot_auc": record["oot_auc"],
-        "oot_gini": record["oot_gini"],
-        "metrics": dg.MetadataValue.md(markdown_table(["split", *names], rows)),
-        "top_features": dg.MetadataValue.md(markdown_table(
+        f"{prefix}_metrics": dg.MetadataValue.md(markdown_table(["split", *names], rows)),
+        f"{prefix}_top_features": dg.MetadataValue.md(markdown_table(
             ["feature", "importance"], [[k, v] for k, v in importances.items()])),
-        "importance_chart": dg.MetadataValue.md(bar_chart(
-            importances, f"{record['model_version']}: top features", "importance")),
-        "artifact": dg.MetadataValue.path(record["artifact_path"]),
-        "artifact_digest": record["artifact_digest"],
-        "data_fingerprint": record["data_fingerprint"],
+        f"{prefix}_importance_chart": dg.MetadataValue.md(bar_chart(
+            importances, f"{record.model_version}: top features", "importance")),
+        f"{prefix}_artifact": dg.MetadataValue.path(record.artifact_path),
     }
 
 
-def build_model_asset(model: ModelSpec) -> dg.AssetsDefinition:
-    key = dg.AssetKey(["ml", f"model_{model.name}"])
-    checks = _model_checks(key)
-
-    @monthly_asset(
-        key=key, group_name="ml", deps=[dg.AssetDep(asset_key(TRAINING_SET))],
-        check_specs=list(checks.values()),
-        kinds={"lightgbm" if model.algorithm == "lightgbm" else "scikitlearn"},
-        description=f"The {model.algorithm} candidate `{model.name}` trained each month on "
-                    "gold.training_set (config/models.yaml); its record in ml.model_registry, "
-                    "its out-of-time scores in ml.score_reference.",
-    )
-    def model_asset(context: dg.AssetExecutionContext, warehouse: Warehouse,
-                    model_store: ModelStore):
-        months = run_months(context)
-        evaluations = []
-        with warehouse.connect() as con:
-            for month in months:
-                warehouse.register_input(con, "training_set", TRAINING_SET, [month])
-                frame = load_training_frame(con, month)
-                if frame.empty:
-                    record, reference, outcomes = None, None, {}
-                    context.add_asset_metadata(
-                        {"trained": False, "reason": "no training rows this month: too few "
-                         "labelled months in its window (see gold/training_set)"},
-                        partition_key=partition_key(month))
-                else:
-                    record, reference, outcomes, fitted = train_candidate(
-                        model, month, frame, model_store)
-                    context.add_asset_metadata({"trained": True, **_model_metadata(record, fitted)},
-                                               partition_key=partition_key(month))
-                publish_rows(con, warehouse, MODEL_REGISTRY, pa.Table.from_pylist(
-                    [record] if record else [], schema=REGISTRY_SCHEMA), [month], part=model.name)
-                publish_rows(con, warehouse, SCORE_REFERENCE, pa.Table.from_pandas(
-                    reference if reference is not None else REFERENCE_SCHEMA.empty_table()
-                    .to_pandas(), schema=REFERENCE_SCHEMA, preserve_index=False),
-                    [month], part=model.name)
-                for name, check in checks.items():
-                    passed, details = outcomes.get(name, (True, {"trained": False}))
-                    evaluations.append(evaluation(check, month, passed, details))
-        yield from evaluations
-        yield dg.MaterializeResult()
-        yield from check_outputs(context)
-
-    return model_asset
+def _registry_metadata(candidates: Sequence[Candidate]) -> dict:
+    first = candidates[0].record
+    table = markdown_table(
+        ["model_version", "algorithm", "oot_auc", "oot_gini", "oot_ks", "checks_passed",
+         "data_fingerprint", "artifact_digest"],
+        [[c.record.model_version, c.record.algorithm, c.record.oot_auc, c.record.oot_gini,
+          c.record.oot_ks, c.record.checks_passed, c.record.data_fingerprint,
+          c.record.artifact_digest] for c in candidates])
+    metadata = {
+        "trained": True,
+        "model_versions": ", ".join(c.record.model_version for c in candidates),
+        "training_window": f"{folder_label(first.window_first)}.."
+                           f"{folder_label(first.window_last)} "
+                           f"(OOT {folder_label(first.oot_month)})",
+        "candidates": dg.MetadataValue.md(table),
+        "training_lineage": dg.MetadataValue.json(json.loads(first.input_versions)),
+    }
+    for candidate in candidates:
+        metadata.update(_model_metadata(candidate.record, candidate.model))
+    return metadata
 
 
-model_assets = [build_model_asset(model) for model in CONFIG.models]
-MODEL_NAMES = {model.name: model for model in CONFIG.models}
+def registry_compute(step: Step) -> dict[Table, str]:
+    """ml.model_registry and ml.score_reference: every candidate of config/models.yaml trained
+    on each month's training set, its artifacts saved in the model store; one registry record
+    per candidate and trainable month, with the Delta versions its training set read."""
+    store: ModelStore = step.resources["model_store"]
+    config = TrainingConfig.of(step.build)
+    read_version = step.read_versions[TRAINING_SET.qualified_name]
+    records, references = [], []
+    for month in step.months:
+        frame = training_frame(step.con, "training_set", month)
+        if frame.empty:
+            step.metadata(month, {"trained": False, "reason": "no training rows this month: too "
+                                  "few labelled months in its window (see gold/training_set)"})
+            for name in MODEL_CHECKS:
+                step.check(name, month, True, {"trained": False},
+                           description="nothing trained this month")
+            continue
+        lineage = training_lineage(step.lake, read_version, month)
+        candidates = [train_candidate(model, month, frame, store, config, lineage,
+                                      step.models.min_oot_auc)
+                      for model in step.models.models]
+        _record_model_checks(step, month, candidates)
+        step.metadata(month, _registry_metadata(candidates))
+        records += [c.record for c in candidates]
+        references += [c.reference for c in candidates]
+    step.con.register("registry_rows", records_table(ModelRecord, records))
+    step.con.register("reference_rows", pa.concat_tables(references) if references
+                      else arrow_schema(ReferenceScore).empty_table())
+    return {MODEL_REGISTRY: "SELECT * FROM registry_rows",
+            SCORE_REFERENCE: "SELECT * FROM reference_rows"}
 
 
-# -- champion gate ---------------------------------------------------------------------------
+# -- champion gate ----------------------------------------------------------------------------
 
 
-def _registry_at(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, month: date) -> list[dict]:
-    warehouse.register_input(con, "registry_month", MODEL_REGISTRY, [month])
-    rows = con.execute("SELECT * FROM registry_month ORDER BY model_version").df()
-    return as_dates(rows, "trained_month", "oot_month").to_dict("records")
-
-
-def _alias_at(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, month: date) -> dict | None:
-    """The alias decision of `month` (None before the first month). Its month must be published:
-    the gate is sequential, month after month."""
-    if month < parse_month(monthly_partitions.get_first_partition_key()):
-        return None
-    warehouse.register_input(con, "alias_month", MODEL_ALIASES, [month])
-    rows = con.execute("SELECT * FROM alias_month WHERE alias = $alias", {"alias": ALIAS}).df()
-    rows = as_dates(rows, "month", "trained_month", "oot_month")
-    return rows.to_dict("records")[0] if len(rows) else None
-
-
-def decide(month: date, candidates: list[dict], previous: dict | None,
-           champion_auc_on_oot: float | None) -> dict:
-    """The gate: the best candidate that passed its checks replaces the champion only if its OOT
-    AUC beats the champion's on the same OOT month by min_auc_gain; the first model becomes
-    champion. `previous` is last month's alias row, `candidates` this month's registry records."""
-    incumbent = previous if previous and previous.get("model_version") else None
-    passing = [c for c in candidates if c["checks_passed"]]
-    best = max(passing, key=lambda c: (c["oot_auc"], c["model_version"]), default=None)
+def decide(month: date, candidates: Sequence[ModelRecord], previous: AliasRecord | None,
+           champion_auc_on_oot: float | None, min_auc_gain: float,
+           decided_at: datetime | None = None) -> AliasRecord:
+    """The gate: the best candidate that passed its checks (highest OOT AUC, then version)
+    replaces the champion only if its OOT AUC beats the champion's on the same OOT month by
+    `min_auc_gain`; the first model becomes champion. `previous` is last month's alias
+    (None before the first month), `candidates` this month's registry records,
+    `champion_auc_on_oot` the previous champion's AUC on this month's OOT set (None when it
+    could not be measured)."""
+    incumbent = previous if previous and previous.model_version else None
+    passing = [c for c in candidates if c.checks_passed]
+    best = max(passing, key=lambda c: (c.oot_auc, c.model_version), default=None)
+    chosen: ModelRecord | AliasRecord | None
     if best is None:
         chosen = incumbent
         decision = "kept" if incumbent else "none"
         reason = ("no candidate trained this month" if not candidates else
                   "no candidate passed its checks: " + "; ".join(
-                      f"{c['model_version']} {c['checks']}" for c in candidates))
+                      f"{c.model_version} {c.checks}" for c in candidates))
     elif incumbent is None:
         chosen, decision = best, "first"
-        reason = f"first champion: {best['model_version']}, OOT AUC {best['oot_auc']:.4f}"
+        reason = f"first champion: {best.model_version}, OOT AUC {best.oot_auc:.4f}"
     elif champion_auc_on_oot is None:
         chosen, decision = incumbent, "kept"
         reason = "the champion could not be scored on this month's OOT set (one class only)"
-    elif best["oot_auc"] >= champion_auc_on_oot + CONFIG.min_auc_gain:
+    elif best.oot_auc >= champion_auc_on_oot + min_auc_gain:
         chosen, decision = best, "promoted"
-        reason = (f"{best['model_version']} OOT AUC {best['oot_auc']:.4f} beats champion "
-                  f"{incumbent['model_version']} {champion_auc_on_oot:.4f} by "
-                  f"{best['oot_auc'] - champion_auc_on_oot:.4f} >= {CONFIG.min_auc_gain}")
+        reason = (f"{best.model_version} OOT AUC {best.oot_auc:.4f} beats champion "
+                  f"{incumbent.model_version} {champion_auc_on_oot:.4f} by "
+                  f"{best.oot_auc - champion_auc_on_oot:.4f} >= {min_auc_gain}")
     else:
         chosen, decision = incumbent, "kept"
-        reason = (f"challenger {best['model_version']} OOT AUC {best['oot_auc']:.4f} does not "
-                  f"beat champion {incumbent['model_version']} {champion_auc_on_oot:.4f} by "
-                  f"{CONFIG.min_auc_gain}")
-    return {
-        "alias": ALIAS, "month": month,
-        "model_version": chosen["model_version"] if chosen else None,
-        "model_name": chosen["model_name"] if chosen else None,
-        "trained_month": chosen["trained_month"] if chosen else None,
-        "decision": decision, "reason": reason,
-        "previous_version": incumbent["model_version"] if incumbent else None,
-        "challenger_version": best["model_version"] if best else None,
-        "challenger_oot_auc": best["oot_auc"] if best else None,
-        "champion_oot_auc": champion_auc_on_oot, "min_auc_gain": CONFIG.min_auc_gain,
-        "oot_month": best["oot_month"] if best else None, "decided_at": _now(),
-    }
+        reason = (f"challenger {best.model_version} OOT AUC {best.oot_auc:.4f} does not "
+                  f"beat champion {incumbent.model_version} {champion_auc_on_oot:.4f} by "
+                  f"{min_auc_gain}")
+    return AliasRecord(
+        alias=ALIAS, month=month,
+        model_version=chosen.model_version if chosen else None,
+        model_name=chosen.model_name if chosen else None,
+        trained_month=chosen.trained_month if chosen else None,
+        decision=decision, reason=reason,
+        previous_version=incumbent.model_version if incumbent else None,
+        challenger_version=best.model_version if best else None,
+        challenger_oot_auc=best.oot_auc if best else None,
+        champion_oot_auc=champion_auc_on_oot, min_auc_gain=min_auc_gain,
+        oot_month=best.oot_month if best else None, decided_at=decided_at or _now())
 
 
-@monthly_asset(
-    key=CHAMPION, group_name="ml", kinds={"python"},
-    # month M's gate reads month M-1's decision: one gate at a time across runs (the instance
-    # gives every pool a limit of 1, config/dagster.yaml)
-    pool="champion_gate",
-    deps=[*(dg.AssetDep(m.key) for m in model_assets), dg.AssetDep(asset_key(TRAINING_SET)),
-          dg.AssetDep(CHAMPION, partition_mapping=dg.TimeWindowPartitionMapping(
-              start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
-    description="The champion gate, month by month (ml.model_aliases): the best candidate "
-                "challenges the previous month's champion on this month's out-of-time data.",
-)
-def champion(context: dg.AssetExecutionContext, warehouse: Warehouse,
-             model_store: ModelStore) -> None:
-    months = run_months(context)
-    with warehouse.connect() as con:
-        previous = _alias_at(warehouse, con, add_months(months[0], -1))
-        for month in months:
-            warehouse.register_input(con, "training_set", TRAINING_SET, [month])
-            candidates = _registry_at(warehouse, con, month)
-            champion_auc = None
-            kept = previous.get("model_version") if previous else None
-            if kept and candidates:
-                oot = load_training_frame(con, month, "oot")
-                incumbent = model_store.load(previous["model_name"], kept)
-                champion_auc = metrics.auc(oot["label"], incumbent.predict(oot))
-            row = decide(month, candidates, previous, champion_auc)
-            publish_rows(con, warehouse, MODEL_ALIASES,
-                         pa.Table.from_pylist([row], schema=ALIAS_SCHEMA), [month])
-            context.add_asset_metadata(
-                {"champion": row["model_version"] or "none", "decision": row["decision"],
-                 "reason": row["reason"],
-                 "challenger_oot_auc": row["challenger_oot_auc"],
-                 "champion_oot_auc": row["champion_oot_auc"]},
-                partition_key=partition_key(month))
-            previous = row
+def _published_alias(step: Step) -> AliasRecord | None:
+    """The decision of the month before the step's first month, from ml.model_aliases (None
+    before the first partition). That month must be published: the gate goes month by month."""
+    before = upstream_months(step.rules.previous, step.months[:1], step.partitions)
+    if not before:
+        return None
+    try:
+        step.read("previous_aliases", before)
+    except LakeError as error:
+        raise LakeError(f"the champion gate goes month by month: {error}") from None
+    found = read_records(step.con, "SELECT * FROM previous_aliases WHERE alias = $alias",
+                         AliasRecord, {"alias": ALIAS})
+    return found[0] if found else None
 
 
-# -- predictions -----------------------------------------------------------------------------
+def aliases_compute(step: Step) -> dict[Table, str]:
+    """ml.model_aliases: month after month, the best candidate of the month challenges the
+    previous month's champion on the month's OOT set (`decide`)."""
+    store: ModelStore = step.resources["model_store"]
+    previous = _published_alias(step)
+    models: dict[str, Model] = {}
+    decisions = []
+    for month in step.months:
+        candidates = read_records(
+            step.con, "SELECT * FROM model_registry WHERE trained_month = $month "
+            "ORDER BY model_version", ModelRecord, {"month": month})
+        champion_auc = None
+        if previous and previous.model_version and candidates:
+            oot = training_frame(step.con, "training_set", month, "oot")
+            if previous.model_version not in models:
+                models[previous.model_version] = store.load(previous.model_name,
+                                                            previous.model_version)
+            champion_auc = metrics.auc(oot["label"],
+                                       models[previous.model_version].predict(oot))
+        row = decide(month, candidates, previous, champion_auc, step.models.min_auc_gain)
+        step.metadata(month, {"champion": row.model_version or "none",
+                              "decision": row.decision, "reason": row.reason,
+                              "challenger_oot_auc": row.challenger_oot_auc,
+                              "champion_oot_auc": row.champion_oot_auc})
+        decisions.append(row)
+        previous = row
+    step.con.register("alias_rows", records_table(AliasRecord, decisions))
+    return {MODEL_ALIASES: "SELECT * FROM alias_rows"}
 
-PREDICTIONS_KEY = asset_key(PREDICTIONS)
+
+# -- predictions ------------------------------------------------------------------------------
+
 PREDICTION_CHECKS = {
-    "one_valid_score_per_loan": spec(
-        PREDICTIONS_KEY, "one_valid_score_per_loan",
+    "one_valid_score_per_loan":
         "One prediction per loan of the feature store's month, each score in [0, 1] (none when "
-        "the month is blocked for a source outage)"),
-    "champion_not_from_the_future": spec(
-        PREDICTIONS_KEY, "champion_not_from_the_future",
-        "The scoring model was trained in the prediction month or before"),
-    "sources_covered": spec(
-        PREDICTIONS_KEY, "sources_covered",
+        "the month is blocked for a source outage)",
+    "champion_not_from_the_future":
+        "The scoring model was trained in the prediction month or before",
+    "sources_covered":
         "Every source the champion's features come from covered the month's applications "
         "(gold.source_coverage): ERROR when one is below its floor (the month is flagged or "
-        "blocked, coverage.on_failure), WARN when one is well below its usual level"),
+        "blocked, coverage.on_failure), WARN when one is well below its usual level",
 }
 # a loan's missing sources, from the feature store's flags
 MISSING_SOURCE = {"features_attributes": "NOT has_attributes",
@@ -477,96 +639,132 @@ def decide_applications(scores: np.ndarray, missing: pd.Series, failing: list[st
     return decision
 
 
-@monthly_asset(
-    **describe_table(PREDICTIONS, checks=PREDICTION_CHECKS.values()),
-    deps=[dg.AssetDep(asset_key(FEATURE_STORE)), dg.AssetDep(CHAMPION),
-          dg.AssetDep(asset_key(SOURCE_COVERAGE))],
-)
-def predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
-                model_store: ModelStore):
-    months = run_months(context)
-    cutoff = CONFIG.decision_cutoff
-    on_failure = settings().coverage.on_failure
-    evaluations, scored, per_month = [], [], {}
+def predictions_compute(step: Step) -> dict[Table, str]:
+    """gold.predictions: every loan of the application month scored by the month's champion,
+    decided approve / decline (predictions.decision_cutoff) or, missing a source in an outage,
+    refer; a month whose coverage fails is published flagged, or blocked (no rows) with
+    coverage.on_failure: block. The champion's artifacts come from the model store."""
+    con, store = step.con, step.resources["model_store"]
+    cutoff, on_failure = step.models.decision_cutoff, step.config.coverage.on_failure
     missing_sql = ", ".join(f"CASE WHEN {condition} THEN '{source}' END"
                             for source, condition in MISSING_SOURCE.items())
-    with warehouse.connect() as con:
-        warehouse.register_input(con, "aliases", MODEL_ALIASES, months)
-        warehouse.register_input(con, "features", FEATURE_STORE, months)
-        warehouse.register_input(con, "coverage", SOURCE_COVERAGE, months)
-        champions = {row[0]: row[1:] for row in con.execute(
-            "SELECT month, model_name, model_version, trained_month FROM aliases "
-            "WHERE alias = $alias", {"alias": ALIAS}).fetchall()}
-        coverage: dict[date, list[tuple]] = {}
-        for month, *row in con.execute("SELECT application_month, source, status, message "
-                                       "FROM coverage ORDER BY ALL").fetchall():
-            coverage.setdefault(month, []).append(tuple(row))
-        models: dict[str, Model] = {}
-        for month in months:
-            name, version, trained = champions.get(month, (None, None, None))
-            frame = as_dates(con.execute(
-                f"SELECT *, nullif(concat_ws(',', {missing_sql}), '') AS missing_sources "
-                "FROM features WHERE application_month = $month ORDER BY loan_id",
-                {"month": month}).df(), "application_month")
-            status, failing, issue = "ok", [], ""
-            if version is not None:
-                if version not in models:
-                    models[version] = model_store.load(name, version)
-                status, failing, issue = coverage_verdict(coverage.get(month, []),
-                                                          list(models[version].features.names))
-            blocked = bool(failing) and on_failure == "block"
-            if version is None or blocked:
-                per_month[month] = {"model_version": version or "none", "reason": (
-                    f"blocked (coverage.on_failure: block): {issue}" if blocked
-                    else "no champion yet in this month")}
-                scores = np.empty(0)
-            else:
-                scores = models[version].predict(frame)
-                decisions = decide_applications(scores, frame["missing_sources"], failing, cutoff)
-                scored.append(pd.DataFrame({
-                    "loan_id": frame["loan_id"], "customer_id": frame["customer_id"],
-                    "application_month": frame["application_month"], "model_version": version,
-                    "score": scores, "decision": decisions,
-                    "missing_sources": frame["missing_sources"], "coverage_status": status,
-                    "coverage_issue": issue or None,
-                }))
-                quantiles = ([float(q) for q in np.quantile(scores, [0.1, 0.5, 0.9])]
-                             if len(scores) else [None] * 3)
-                shares = {d: float((decisions == d).mean()) if len(scores) else None
-                          for d in ("decline", "approve", "refer")}
-                per_month[month] = {
-                    "model_version": version, "model_trained_month": str(trained),
-                    "mean_score": float(scores.mean()) if len(scores) else None,
-                    "score_p10": quantiles[0], "score_p50": quantiles[1],
-                    "score_p90": quantiles[2], "decision_cutoff": cutoff,
-                    "declined_share": shares["decline"], "approved_share": shares["approve"],
-                    "referred_share": shares["refer"], "coverage_status": status,
-                    **({"coverage_issue": issue} if issue else {}),
-                }
-            valid = bool(((scores >= 0) & (scores <= 1)).all())
-            expected = len(frame) if version and not blocked else 0
-            distinct = frame["loan_id"].nunique() if expected else 0
-            evaluations.append(evaluation(
-                PREDICTION_CHECKS["one_valid_score_per_loan"], month,
-                valid and distinct == expected == len(scores),
-                {"loans": len(frame), "predictions": len(scores), "scores_in_0_1": valid}))
-            evaluations.append(evaluation(
-                PREDICTION_CHECKS["champion_not_from_the_future"], month,
-                trained is None or trained <= month,
-                {"model_version": version or "none", "trained_month": str(trained)}))
-            outcome = ("blocked: no predictions published" if blocked else
-                       f"flagged: {int((scored[-1]['decision'] == 'refer').sum())} applications "
-                       f"referred" if failing else "")
-            evaluations.append(evaluation(
-                PREDICTION_CHECKS["sources_covered"], month, status == "ok",
-                {"coverage_status": status, "failing_sources": ", ".join(failing) or "none",
-                 "on_failure": on_failure},
-                severity=dg.AssetCheckSeverity.ERROR if failing else dg.AssetCheckSeverity.WARN,
-                description=f"{issue}; {outcome}" if failing else issue or None))
-        rows = (pa.Table.from_pandas(pd.concat(scored, ignore_index=True),
-                                     schema=PREDICTION_SCHEMA, preserve_index=False)
-                if scored else PREDICTION_SCHEMA.empty_table())
-        con.register("scored", rows)
-        evaluations += publish(context, warehouse, con, PREDICTIONS, "SELECT * FROM scored",
-                               months, per_month)
-    yield from materialized(context, evaluations)
+    champions = {row[0]: row[1:] for row in con.execute(
+        "SELECT month, model_name, model_version, trained_month FROM model_aliases "
+        "WHERE alias = $alias", {"alias": ALIAS}).fetchall()}
+    coverage: dict[date, list[tuple]] = {}
+    for month, *row in con.execute("SELECT application_month, source, status, message "
+                                   "FROM source_coverage ORDER BY ALL").fetchall():
+        coverage.setdefault(month, []).append(tuple(row))
+    models: dict[str, Model] = {}
+    scored = []
+    for month in step.months:
+        name, version, trained = champions.get(month, (None, None, None))
+        frame = con.execute(
+            f"SELECT *, nullif(concat_ws(',', {missing_sql}), '') AS missing_sources "
+            "FROM gold_feature_store WHERE application_month = $month ORDER BY loan_id",
+            {"month": month}).df(date_as_object=True)
+        status, failing, issue = "ok", [], ""
+        if version is not None:
+            if version not in models:
+                models[version] = store.load(name, version)
+            status, failing, issue = coverage_verdict(coverage.get(month, []),
+                                                      list(models[version].features.names))
+        blocked = bool(failing) and on_failure == "block"
+        decisions = np.empty(0, dtype=object)
+        if version is None or blocked:
+            step.metadata(month, {"model_version": version or "none", "reason": (
+                f"blocked (coverage.on_failure: block): {issue}" if blocked
+                else "no champion yet in this month")})
+            scores = np.empty(0)
+        else:
+            scores = models[version].predict(frame)
+            decisions = decide_applications(scores, frame["missing_sources"], failing, cutoff)
+            scored.append(pd.DataFrame({
+                "loan_id": frame["loan_id"], "customer_id": frame["customer_id"],
+                "application_month": frame["application_month"], "model_version": version,
+                "score": scores, "decision": decisions,
+                "missing_sources": frame["missing_sources"], "coverage_status": status,
+                "coverage_issue": issue or None,
+            }))
+            quantiles = ([float(q) for q in np.quantile(scores, [0.1, 0.5, 0.9])]
+                         if len(scores) else [None] * 3)
+            shares = {d: float((decisions == d).mean()) if len(scores) else None
+                      for d in ("decline", "approve", "refer")}
+            step.metadata(month, {
+                "model_version": version, "model_trained_month": str(trained),
+                "mean_score": float(scores.mean()) if len(scores) else None,
+                "score_p10": quantiles[0], "score_p50": quantiles[1],
+                "score_p90": quantiles[2], "decision_cutoff": cutoff,
+                "declined_share": shares["decline"], "approved_share": shares["approve"],
+                "referred_share": shares["refer"], "coverage_status": status,
+                **({"coverage_issue": issue} if issue else {}),
+            })
+        valid = bool(((scores >= 0) & (scores <= 1)).all())
+        expected = len(frame) if version and not blocked else 0
+        distinct = frame["loan_id"].nunique() if expected else 0
+        step.check("one_valid_score_per_loan", month,
+                   valid and distinct == expected == len(scores),
+                   {"loans": len(frame), "predictions": len(scores), "scores_in_0_1": valid})
+        step.check("champion_not_from_the_future", month, trained is None or trained <= month,
+                   {"model_version": version or "none", "trained_month": str(trained)})
+        outcome = ("blocked: no predictions published" if blocked else
+                   f"flagged: {int((decisions == 'refer').sum())} applications referred"
+                   if failing else "")
+        step.check("sources_covered", month, status == "ok",
+                   {"coverage_status": status, "failing_sources": ", ".join(failing) or "none",
+                    "on_failure": on_failure},
+                   severity=dg.AssetCheckSeverity.ERROR if failing else WARN,
+                   description=f"{issue}; {outcome}" if failing else issue or None)
+    rows = (frame_table(Prediction, pd.concat(scored, ignore_index=True)) if scored
+            else arrow_schema(Prediction).empty_table())
+    con.register("prediction_rows", rows)
+    return {PREDICTIONS: "SELECT * FROM prediction_rows"}
+
+
+# -- the specs --------------------------------------------------------------------------------
+
+
+def _model_kinds(models: ModelConfig) -> frozenset[str]:
+    kinds = {"lightgbm" if m.algorithm == "lightgbm" else "scikitlearn" for m in models.models}
+    return frozenset({"deltalake", *kinds})
+
+
+def ml_specs(build: Build) -> list[TableSpec]:
+    """The training set, the model registry (every candidate, with the OOT score reference),
+    the champion gate and the predictions."""
+    rules, models = build.rules, build.models
+    return [
+        TableSpec(
+            table=TRAINING_SET, compute=training_set_compute, batched=True,
+            inputs=(Input(LABEL_STORE, "gold_label_store", rules.training_labels),
+                    Input(FEATURE_STORE, "gold_feature_store", rules.training_features))),
+        TableSpec(
+            table=MODEL_REGISTRY, also_writes=(SCORE_REFERENCE,), compute=registry_compute,
+            batched=True, inputs=(Input(TRAINING_SET, "training_set"),),
+            resources=("model_store",), kinds=_model_kinds(models),
+            checks=tuple(Check(name, text.format(floor=models.min_oot_auc))
+                         for name, text in MODEL_CHECKS.items()),
+            description="Every candidate of config/models.yaml ("
+                        + ", ".join(m.name for m in models.models) + ") trained each month on "
+                        "gold.training_set: a record per model version in ml.model_registry "
+                        "(with the Delta versions its training set read), its out-of-time "
+                        "scores in ml.score_reference, its artifacts in the model store."),
+        TableSpec(
+            table=MODEL_ALIASES, compute=aliases_compute,
+            inputs=(Input(MODEL_REGISTRY, "model_registry"), Input(TRAINING_SET, "training_set"),
+                    Input(MODEL_ALIASES, "previous_aliases", rules.previous)),
+            resources=("model_store",), kinds=frozenset({"python", "deltalake"}),
+            # month M's gate reads month M-1's decision: one gate at a time across runs (the
+            # instance gives every pool a limit of 1, config/dagster.yaml)
+            pool="champion_gate",
+            description="The champion gate, month by month: the best candidate challenges the "
+                        "previous month's champion on this month's out-of-time data, and wins "
+                        f"by an OOT AUC at least {models.min_auc_gain} higher."),
+        TableSpec(
+            table=PREDICTIONS, compute=predictions_compute, batched=True,
+            inputs=(Input(FEATURE_STORE, "gold_feature_store"),
+                    Input(MODEL_ALIASES, "model_aliases"),
+                    Input(SOURCE_COVERAGE, "source_coverage")),
+            resources=("model_store",),
+            checks=tuple(Check(name, text) for name, text in PREDICTION_CHECKS.items())),
+    ]

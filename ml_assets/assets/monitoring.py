@@ -1,30 +1,50 @@
 """Monitoring: stability every prediction month, performance when labels mature, an evidently
-drift report, a retain / watch / retrain recommendation and a summary with plots.
+drift report, a retain / watch / retrain / data_outage recommendation and a summary with plots.
 
 The reference of a prediction month is its champion's out-of-time set: the OOT rows of the
-training set the champion was trained on (features) and ml.score_reference (scores).
+training set the champion was trained on (features) and ml.score_reference (scores), both read
+at the champion's trained month, which the data chooses (lookup inputs).
+
+Every threshold comes from `monitoring:` in the settings, passed to the functions that judge
+(`psi_band_check`, `stability_evaluations`, `performance_evaluations`, `recommend`) as a
+`MonitoringSettings`: nothing is read at import.
 """
+
+from __future__ import annotations
 
 import json
 import os
 import threading
 import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from ml_assets import metrics
-from ml_assets.assets.lake import RESULT, compute, describe_table, monthly_asset, publish
-from ml_assets.assets.models import ALIAS, CHAMPION, as_dates
-from ml_assets.checks import check_outputs, evaluation, spec
 from ml_assets.metadata import markdown_table
 from ml_assets.months import folder_label
-from ml_assets.partitions import run_months, upstream_months
+from ml_assets.partitions import upstream_months
 from ml_assets.plots import bar_chart, line_chart
-from ml_assets.settings import settings, source_of_feature
+from ml_assets.settings import MonitoringSettings, source_of_feature
+from ml_assets.spec import (
+    ERROR,
+    RESULT,
+    WARN,
+    Build,
+    Check,
+    Input,
+    Step,
+    StepFailed,
+    TableSpec,
+    asset_key,
+)
 from ml_assets.tables import (
     DRIFT,
     FEATURE_STORE,
@@ -39,67 +59,116 @@ from ml_assets.tables import (
     STABILITY,
     SUMMARY,
     TRAINING_SET,
-    asset_key,
 )
-from resources.warehouse import Warehouse, sql_text
+from resources.lake import Lake, Table
 
-THRESHOLDS = settings().monitoring
-MOB = settings().label.mob
 SCORE = "score"
 TOP = 10
-WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
-
-# Performance of label month L is measured on the predictions of application month L - mob.
-matured_predictions = dg.TimeWindowPartitionMapping(
-    start_offset=-MOB, end_offset=-MOB, allow_nonexistent_upstream_partitions=True)
+CHAMPION_ALIAS = "champion"  # the alias of ml.model_aliases whose model scores each month
 
 
-def champions_of(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, months: list[date]
-                 ) -> dict[date, dict]:
-    """The champion's registry record of each month that has one."""
-    warehouse.register_input(con, "aliases", MODEL_ALIASES, months)
-    rows = con.execute("SELECT month, model_version, trained_month FROM aliases "
-                       "WHERE alias = $alias AND model_version IS NOT NULL",
-                       {"alias": ALIAS}).fetchall()
-    if not rows:
+@dataclass(frozen=True)
+class Verdict:
+    """One check's outcome for one month, before a step records it (`Step.check`)."""
+
+    check: str
+    passed: bool
+    metadata: dict = field(default_factory=dict)
+    severity: dg.AssetCheckSeverity = ERROR
+    description: str | None = None
+
+
+def record_verdicts(step: Step, month: date, verdicts: Iterable[Verdict]) -> None:
+    for verdict in verdicts:
+        step.check(verdict.check, month, verdict.passed, verdict.metadata, verdict.severity,
+                   verdict.description)
+
+
+def rows_of(con: duckdb.DuckDBPyConnection, query: str, params: Mapping | None = None
+            ) -> list[dict]:
+    """The rows of `query` as dicts (DATE as `date`, LIST as `list`)."""
+    result = con.execute(query, dict(params or {}))
+    columns = [d[0] for d in result.description]
+    return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+
+
+# -- the champion and its reference -----------------------------------------------------------
+
+
+def read_champions(step: Step) -> dict[date, dict]:
+    """The champion's registry record of each month of the step that has a champion, from the
+    `ml_model_aliases` view and the registry read at the champions' trained months. Raises
+    StepFailed when an alias names a version its trained month's registry does not hold."""
+    aliases = rows_of(step.con, "SELECT month, model_version, trained_month FROM ml_model_aliases "
+                                "WHERE alias = $alias AND model_version IS NOT NULL",
+                      {"alias": CHAMPION_ALIAS})
+    if not aliases:
         return {}
-    warehouse.register_input(con, "registry", MODEL_REGISTRY, sorted({r[2] for r in rows}))
-    records = as_dates(con.execute("SELECT * FROM registry").df(), "trained_month", "oot_month")
-    by_version = {r["model_version"]: r for r in records.to_dict("records")}
-    return {month: by_version[version] for month, version, _ in rows}
+    step.read("ml_model_registry", sorted({a["trained_month"] for a in aliases}))
+    registry = {r["model_version"]: r for r in rows_of(
+        step.con, "SELECT * FROM ml_model_registry WHERE list_contains($versions, model_version)",
+        {"versions": sorted({a["model_version"] for a in aliases})})}
+    unknown = [a for a in aliases if a["model_version"] not in registry]
+    if unknown:
+        first = unknown[0]
+        raise StepFailed(
+            f"ml.model_aliases names {first['model_version']} champion of "
+            f"{folder_label(first['month'])}, trained in {folder_label(first['trained_month'])}, "
+            "but ml.model_registry has no such record that month: re-materialise ml/model_aliases")
+    return {a["month"]: registry[a["model_version"]] for a in aliases}
 
 
-def register_reference(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, record: dict) -> None:
-    """`reference_rows`: the model's out-of-time loans, their features and reference scores."""
-    trained = record["trained_month"]
-    warehouse.register_input(con, "reference_features", TRAINING_SET, [trained])
-    warehouse.register_input(con, "reference_scores", SCORE_REFERENCE, [trained])
+def read_references(step: Step, records: Iterable[dict]) -> None:
+    """Read the training sets and reference scores at the trained months of `records`."""
+    trained = sorted({r["trained_month"] for r in records})
+    if trained:
+        step.read("gold_training_set", trained)
+        step.read("ml_score_reference", trained)
+
+
+def register_reference(con: duckdb.DuckDBPyConnection, record: dict) -> int:
+    """`reference_rows`: the model's out-of-time loans, their features and reference scores;
+    returns how many."""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE reference_rows AS SELECT features.*, scores.score "
-        "FROM reference_features AS features JOIN reference_scores AS scores USING (loan_id) "
-        "WHERE features.split = 'oot' AND scores.model_version = $version",
-        {"version": record["model_version"]})
+        "FROM gold_training_set AS features JOIN ml_score_reference AS scores USING (loan_id) "
+        "WHERE features.split = 'oot' AND features.training_month = $trained "
+        "AND scores.trained_month = $trained AND scores.model_version = $version",
+        {"trained": record["trained_month"], "version": record["model_version"]})
+    return con.execute("SELECT count(*) FROM reference_rows").fetchall()[0][0]
 
 
-def failing_sources(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, months: list[date]
-                    ) -> dict[date, dict[str, tuple[float, float]]]:
-    """Per month, the sources below their coverage floor (gold.source_coverage): source ->
-    (coverage, floor)."""
-    warehouse.register_input(con, "coverage_rows", SOURCE_COVERAGE, months)
-    failing: dict[date, dict] = {}
-    for month, source, coverage, floor in con.execute(
-            "SELECT application_month, source, coverage, floor FROM coverage_rows "
-            "WHERE status = 'error'").fetchall():
-        failing.setdefault(month, {})[source] = (coverage, floor)
-    return failing
-
-
-def register_actual(con: duckdb.DuckDBPyConnection, month: date) -> None:
-    """`actual_rows`: the month's loans, their features and the champion's scores."""
+def register_actual(con: duckdb.DuckDBPyConnection, month: date, version: str) -> int:
+    """`actual_rows`: the month's loans, their features and the scores of model `version`;
+    returns how many."""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE actual_rows AS SELECT features.*, scored.score "
-        "FROM features JOIN scored USING (loan_id) WHERE features.application_month = $month",
-        {"month": month})
+        "FROM gold_feature_store AS features JOIN gold_predictions AS scored USING (loan_id) "
+        "WHERE features.application_month = $month AND scored.model_version = $version",
+        {"month": month, "version": version})
+    return con.execute("SELECT count(*) FROM actual_rows").fetchall()[0][0]
+
+
+def predictions_by_version(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
+    """Per application month of the `gold_predictions` view: model version -> loans scored."""
+    counts: dict[date, dict[str, int]] = {}
+    for month, version, loans in con.execute(
+            "SELECT application_month, model_version, count(*) FROM gold_predictions "
+            "GROUP BY ALL").fetchall():
+        counts.setdefault(month, {})[version] = loans
+    return counts
+
+
+def unscored_reason(month: date, record: dict | None, scored: dict[str, int]) -> str:
+    """Why a month has nothing to compare: no champion, no predictions, or predictions made by
+    another model than the month's champion (gold/predictions older than ml/model_aliases)."""
+    if record is None:
+        return "no champion this month (ml.model_aliases)"
+    if not scored:
+        return "no predictions this month"
+    others = ", ".join(f"{version} ({loans} loans)" for version, loans in sorted(scored.items()))
+    return (f"the predictions of {folder_label(month)} are by {others}, not by the champion "
+            f"{record['model_version']}: re-materialise gold/predictions for the month")
 
 
 def feature_kinds(record: dict, most_important: int | None = None
@@ -109,28 +178,22 @@ def feature_kinds(record: dict, most_important: int | None = None
     chosen = list(record["features"])
     if most_important is not None:
         chosen = list(json.loads(record["importances"]))[:most_important]
-    categorical = [f for f in chosen if f in set(record["categorical_features"])]
+    categorical = [f for f in chosen if f in set(record["categorical_features"] or ())]
     return [f for f in chosen if f not in categorical], categorical
 
 
-# -- stability -------------------------------------------------------------------------------
+def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, tuple[float, float]]]:
+    """Per application month of the `gold_source_coverage` view, the sources below their
+    coverage floor: source -> (coverage, floor), both shares in [0, 1]."""
+    failing: dict[date, dict] = {}
+    for month, source, coverage, floor in con.execute(
+            "SELECT application_month, source, coverage, floor FROM gold_source_coverage "
+            "WHERE status = 'error'").fetchall():
+        failing.setdefault(month, {})[source] = (coverage, floor)
+    return failing
 
-STABILITY_KEY = asset_key(STABILITY)
-STABILITY_CHECKS = {
-    "score_psi": spec(STABILITY_KEY, "score_psi",
-                      f"Score PSI against the reference: WARN in the watch band "
-                      f"(>= {THRESHOLDS.psi_watch}), ERROR in the act band "
-                      f"(>= {THRESHOLDS.psi_act}); only WARN on fewer than "
-                      f"{THRESHOLDS.min_loans} loans (monitoring.min_loans)"),
-    "feature_csi": spec(STABILITY_KEY, "feature_csi",
-                        f"WARN when a model feature's CSI is in the act band "
-                        f"(>= {THRESHOLDS.psi_act}); features in an outage are checked apart"),
-    "features_missing": spec(STABILITY_KEY, "features_missing",
-                             f"ERROR when a model feature is missing in a share of the month's "
-                             f"loans at least {THRESHOLDS.outage_missing_increase:.0%} above the "
-                             f"reference's (monitoring.outage_missing_increase): a data outage"),
-}
 
+# -- stability --------------------------------------------------------------------------------
 
 STABILITY_SCHEMA = pa.schema([
     ("month", pa.date32()), ("model_version", pa.string()), ("variable", pa.string()),
@@ -141,29 +204,45 @@ STABILITY_SCHEMA = pa.schema([
 ])
 
 
-def psi_band_check(check: dg.AssetCheckSpec, month: date, psi: float | None,
-                   metadata: dict, loans: int | None = None,
-                   during: str | None = None) -> dg.AssetCheckEvaluation:
-    """Stable passes; the watch band fails as a WARN, the act band as an ERROR; with fewer
-    than `monitoring.min_loans` loans, a WARN at most (too few to judge). `during` names a data
-    outage of the month, which the description then mentions."""
-    if psi is None or psi < THRESHOLDS.psi_watch:
-        return evaluation(check, month, True, metadata)
-    acting = psi >= THRESHOLDS.psi_act
-    band, bound = ("act", THRESHOLDS.psi_act) if acting else ("watch", THRESHOLDS.psi_watch)
+def stability_checks(thresholds: MonitoringSettings) -> tuple[Check, ...]:
+    return (
+        Check("score_psi", f"Score PSI against the reference: WARN in the watch band "
+                           f"(>= {thresholds.psi_watch}), ERROR in the act band "
+                           f"(>= {thresholds.psi_act}); only WARN on fewer than "
+                           f"{thresholds.min_loans} loans (monitoring.min_loans)"),
+        Check("feature_csi", f"WARN when a model feature's CSI is in the act band "
+                             f"(>= {thresholds.psi_act}); features in an outage are checked apart"),
+        Check("features_missing",
+              f"ERROR when a model feature is missing in a share of the month's loans at least "
+              f"{thresholds.outage_missing_increase:.0%} above the reference's "
+              f"(monitoring.outage_missing_increase), or its source is below its coverage floor: "
+              f"a data outage"),
+    )
+
+
+def psi_band_check(thresholds: MonitoringSettings, psi: float | None, metadata: dict,
+                   loans: int | None = None, during: str | None = None) -> Verdict:
+    """The `score_psi` verdict: stable passes; the watch band fails as a WARN, the act band as
+    an ERROR; with fewer than `thresholds.min_loans` loans, a WARN at most (too few to judge).
+    `psi` is None when there is nothing to compare (passes). `during` names a data outage of
+    the month, which the description then mentions."""
+    if psi is None or psi < thresholds.psi_watch:
+        return Verdict("score_psi", True, metadata)
+    acting = psi >= thresholds.psi_act
+    band, bound = ("act", thresholds.psi_act) if acting else ("watch", thresholds.psi_watch)
     description = f"score PSI {psi:.4f} in the {band} band (>= {bound})" + (
         f", during a {during}" if during else "")
-    if loans is not None and loans < THRESHOLDS.min_loans:
-        return evaluation(check, month, False, metadata, severity=WARN,
-                          description=f"{description}, on only {loans} loans: too few to judge "
-                                      f"(monitoring.min_loans {THRESHOLDS.min_loans})")
-    return evaluation(check, month, False, metadata, severity=ERROR if acting else WARN,
-                      description=description)
+    if loans is not None and loans < thresholds.min_loans:
+        return Verdict("score_psi", False, metadata, WARN,
+                       f"{description}, on only {loans} loans: too few to judge "
+                       f"(monitoring.min_loans {thresholds.min_loans})")
+    return Verdict("score_psi", False, metadata, ERROR if acting else WARN, description)
 
 
 def describe_outage(outage: pd.DataFrame, loans: int) -> str:
     """One line for the features of a month in the outage band, by source (a feed that stopped
-    shows as one line, not forty). `outage`: stability rows indexed by variable."""
+    shows as one line, not forty). `outage`: stability rows indexed by variable, with
+    `reference_missing_share` and `actual_missing_share` (shares in [0, 1])."""
     by_source: dict[str, list[str]] = {}
     for variable in outage.index:
         by_source.setdefault(source_of_feature(variable), []).append(variable)
@@ -177,75 +256,29 @@ def describe_outage(outage: pd.DataFrame, loans: int) -> str:
     return "data outage, not drift: " + "; ".join(parts)
 
 
-@monthly_asset(
-    **describe_table(STABILITY, checks=STABILITY_CHECKS.values()),
-    deps=[dg.AssetDep(asset_key(PREDICTIONS)), dg.AssetDep(asset_key(FEATURE_STORE)),
-          dg.AssetDep(CHAMPION), dg.AssetDep(asset_key(SOURCE_COVERAGE))],
-)
-def stability(context: dg.AssetExecutionContext, warehouse: Warehouse):
-    months = run_months(context)
-    evaluations, results, per_month = [], [], {}
-    with warehouse.connect() as con:
-        champions = champions_of(warehouse, con, months)
-        failing = failing_sources(warehouse, con, months)
-        warehouse.register_input(con, "features", FEATURE_STORE, months)
-        warehouse.register_input(con, "scored", PREDICTIONS, months)
-        for month in months:
-            record = champions.get(month)
-            scored = con.execute("SELECT count(*) FROM scored WHERE application_month = $m",
-                                 {"m": month}).fetchall()[0][0]
-            if record is None or scored == 0:
-                per_month[month] = {"reason": "no predictions this month"}
-                evaluations += [evaluation(c, month, True, {"reason": "no predictions"})
-                                for c in STABILITY_CHECKS.values()]
-                continue
-            register_reference(warehouse, con, record)
-            register_actual(con, month)
-            numeric, categorical = feature_kinds(record)
-            frame = con.execute(sql_text("monitoring/stability"), {
-                "numeric": [SCORE, *numeric], "categorical": categorical,
-                "floor": THRESHOLDS.psi_floor, "watch": THRESHOLDS.psi_watch,
-                "act": THRESHOLDS.psi_act, "outage": THRESHOLDS.outage_missing_increase,
-                "outage_variables": [f for f in record["features"]
-                                     if source_of_feature(f) in failing.get(month, {})],
-                "month": month, "model_version": record["model_version"]}).df()
-            results.append(frame)
-            evaluations += stability_evaluations(month, frame.set_index("variable"), scored)
-            per_month[month] = stability_metadata(month, record, frame.set_index("variable"))
-        rows = as_dates(pd.concat(results, ignore_index=True), "month") if results else None
-        con.register("stability_rows", pa.Table.from_pandas(
-            rows if rows is not None else STABILITY_SCHEMA.empty_table().to_pandas(),
-            schema=STABILITY_SCHEMA, preserve_index=False))
-        publish(context, warehouse, con, STABILITY, "SELECT * FROM stability_rows", months,
-                per_month)
-    yield from evaluations
-    yield dg.MaterializeResult()
-    yield from check_outputs(context)
-
-
-def stability_evaluations(month: date, frame: pd.DataFrame, loans: int) -> list:
-    """The month's stability checks from its rows (indexed by variable): the score's band, the
-    features in the act band, and the features in an outage (missing data, apart from drift)."""
+def stability_evaluations(thresholds: MonitoringSettings, frame: pd.DataFrame, loans: int
+                          ) -> list[Verdict]:
+    """The month's stability verdicts (`score_psi`, `feature_csi`, `features_missing`) from its
+    rows of monitoring.stability indexed by variable (the score's row is `score`): the score's
+    band, the features in the act band, and the features in an outage (missing data, apart
+    from drift). `loans`: the month's loans scored by the champion."""
     features = frame.drop(index=SCORE)
     outage = features[features["band"] == "outage"]
     acting = features[features["band"] == "act"]
     score_psi = float(frame.loc[SCORE, "psi"])
     outage_text = describe_outage(outage, loans) if len(outage) else None
-    score_check = psi_band_check(
-        STABILITY_CHECKS["score_psi"], month, score_psi,
-        {"score_psi": score_psi, "band": frame.loc[SCORE, "band"], "loans": loans}, loans,
-        during=outage_text)
-    few = loans < THRESHOLDS.min_loans
+    few = loans < thresholds.min_loans
     return [
-        score_check,
-        evaluation(STABILITY_CHECKS["feature_csi"], month, acting.empty,
-                   {"features_in_act_band": ", ".join(acting.index) or "none"}, severity=WARN,
-                   description=None if acting.empty else
-                   f"CSI >= {THRESHOLDS.psi_act}: " + ", ".join(
-                       f"{name} {value:.3f}" for name, value in acting["psi"].items())),
-        evaluation(STABILITY_CHECKS["features_missing"], month, outage.empty,
-                   {"features_in_outage": len(outage), "loans": loans},
-                   severity=WARN if few else ERROR, description=outage_text),
+        psi_band_check(thresholds, score_psi,
+                       {"score_psi": score_psi, "band": str(frame.loc[SCORE, "band"]),
+                        "loans": int(loans)}, loans, during=outage_text),
+        Verdict("feature_csi", acting.empty,
+                {"features_in_act_band": ", ".join(acting.index) or "none"}, WARN,
+                None if acting.empty else f"CSI >= {thresholds.psi_act}: " + ", ".join(
+                    f"{name} {value:.3f}" for name, value in acting["psi"].items())),
+        Verdict("features_missing", outage.empty,
+                {"features_in_outage": len(outage), "loans": int(loans)},
+                WARN if few else ERROR, outage_text),
     ]
 
 
@@ -259,7 +292,7 @@ def stability_metadata(month: date, record: dict, frame: pd.DataFrame) -> dict:
         "model_version": record["model_version"],
         "reference": f"OOT of {record['model_version']} ({folder_label(record['oot_month'])})",
         "score_psi": score_psi,
-        "score_band": frame.loc[SCORE, "band"],
+        "score_band": str(frame.loc[SCORE, "band"]),
         "features_watch": int((features["band"] == "watch").sum()),
         "features_act": int((features["band"] == "act").sum()),
         "features_outage": int((features["band"] == "outage").sum()),
@@ -278,15 +311,57 @@ def stability_metadata(month: date, record: dict, frame: pd.DataFrame) -> dict:
     }
 
 
-# -- performance -----------------------------------------------------------------------------
+def stability_compute(step: Step) -> dict[Table, str]:
+    """monitoring.stability: per month with predictions by its champion, the PSI of the score
+    and the CSI of each model feature against the champion's OOT reference
+    (sql/monitoring/stability.sql), with each side's missing share and the outage band (the
+    features of a source below its coverage floor, or missing far more often than in the
+    reference); the checks `score_psi`, `feature_csi`, `features_missing`."""
+    thresholds, con = step.config.monitoring, step.con
+    champions = read_champions(step)
+    failing = failing_sources(con)
+    scored = predictions_by_version(con)
+    read_references(step, (champions[m] for m in step.months if m in champions))
+    con.register("stability_schema", STABILITY_SCHEMA.empty_table())
+    con.execute("CREATE OR REPLACE TEMP TABLE stability_rows AS FROM stability_schema")
+    for month in step.months:
+        record = champions.get(month)
+        loans = register_actual(con, month, record["model_version"]) if record else 0
+        reference = register_reference(con, record) if loans else 0
+        if not loans:
+            why = unscored_reason(month, record, scored.get(month, {}))
+            # nothing scored is nothing to judge; scores of another model are a stale month
+            stale = record is not None and bool(scored.get(month))
+            step.metadata(month, {"reason": why})
+            record_verdicts(step, month, [
+                Verdict(check.name, not stale, {"reason": why}, WARN if stale else ERROR,
+                        why if stale else None) for check in stability_checks(thresholds)])
+            continue
+        if not reference:  # a champion without its reference: a fault of the ML stage
+            why = (f"not measurable: ml.score_reference has no out-of-time scores of "
+                   f"{record['model_version']} at {folder_label(record['trained_month'])}")
+            step.metadata(month, {"reason": why})
+            record_verdicts(step, month, [Verdict(check.name, False, {"reason": why}, WARN, why)
+                                          for check in stability_checks(thresholds)])
+            continue
+        numeric, categorical = feature_kinds(record)
+        step.sql("monitoring/stability", {
+            "numeric": [SCORE, *numeric], "categorical": categorical,
+            "floor": thresholds.psi_floor, "watch": thresholds.psi_watch,
+            "act": thresholds.psi_act, "outage": thresholds.outage_missing_increase,
+            "outage_variables": [f for f in record["features"]
+                                 if source_of_feature(f) in failing.get(month, {})],
+            "month": month, "model_version": record["model_version"]})
+        con.execute(f"INSERT INTO stability_rows BY NAME SELECT * FROM {RESULT}")
+        frame = con.execute(f"SELECT * FROM {RESULT}").df().set_index("variable")
+        record_verdicts(step, month, stability_evaluations(thresholds, frame, loans))
+        step.metadata(month, {**stability_metadata(month, record, frame),
+                              "loans": int(loans), "reference_loans": int(reference)})
+    return {STABILITY: "SELECT * FROM stability_rows"}
 
-PERFORMANCE_KEY = asset_key(PERFORMANCE)
-PERFORMANCE_CHECKS = {
-    "auc_floor": spec(PERFORMANCE_KEY, "auc_floor",
-                      f"AUC of the matured predictions at least {THRESHOLDS.auc_floor}"),
-    "auc_drop": spec(PERFORMANCE_KEY, "auc_drop",
-                     f"AUC at most {THRESHOLDS.max_auc_drop} below the model's out-of-time AUC"),
-}
+
+# -- performance ------------------------------------------------------------------------------
+
 PERFORMANCE_SCHEMA = pa.schema([
     ("month", pa.date32()), ("application_month", pa.date32()), ("model_version", pa.string()),
     ("n", pa.int64()), ("defaults", pa.int64()), ("default_rate", pa.float64()),
@@ -295,96 +370,115 @@ PERFORMANCE_SCHEMA = pa.schema([
 ])
 
 
-@monthly_asset(
-    **describe_table(PERFORMANCE, checks=PERFORMANCE_CHECKS.values()),
-    deps=[dg.AssetDep(asset_key(PREDICTIONS), partition_mapping=matured_predictions),
-          dg.AssetDep(asset_key(LABEL_STORE))],
-    # When a label month's labels land, its performance is measured (the daemon does this).
-    automation_condition=dg.AutomationCondition.eager(),
-)
-def performance(context: dg.AssetExecutionContext, warehouse: Warehouse):
-    months = run_months(context)
-    evaluations, rows, per_month = [], [], {}
-    with warehouse.connect() as con:
-        warehouse.register_input(con, "gold_predictions", PREDICTIONS,
-                                 upstream_months(matured_predictions, months))
-        warehouse.register_input(con, "gold_label_store", LABEL_STORE, months)
-        matured = as_dates(con.execute(sql_text("monitoring/matured_predictions")).df(),
-                           "month", "application_month")
-        oot_auc = {}
-        if not matured.empty:  # the registry is small: read it whole
-            warehouse.register_input(con, "registry", MODEL_REGISTRY,
-                                     warehouse.published_months(MODEL_REGISTRY))
-            oot_auc = dict(con.execute("SELECT model_version, oot_auc FROM registry").fetchall())
-        for month in months:
-            group = matured[matured["month"] == month]
-            if group.empty:
-                why = (f"no matured predictions: the application month "
-                       f"{folder_label(upstream_months(matured_predictions, [month])[0])} "
-                       f"has no predictions, or its labels are not observed yet"
-                       if upstream_months(matured_predictions, [month]) else
-                       "no application month mob months earlier")
-                per_month[month] = {"reason": why}
-                evaluations += [evaluation(c, month, True, {"reason": why})
-                                for c in PERFORMANCE_CHECKS.values()]
-                continue
-            for version, scored in group.groupby("model_version"):
-                summary = metrics.summary(scored["label"], scored["score"])
-                drop = (oot_auc.get(version) - summary["auc"]
-                        if summary["auc"] is not None and oot_auc.get(version) is not None
-                        else None)
-                rows.append({"month": month,
-                             "application_month": scored["application_month"].iloc[0],
-                             "model_version": version, **{k: summary[k] for k in (
-                                 "n", "defaults", "default_rate", "mean_score", "auc", "gini",
-                                 "ks")},
-                             "model_oot_auc": oot_auc.get(version), "auc_drop": drop})
-                per_month[month] = {"model_version": version, "vintage": folder_label(
-                    scored["application_month"].iloc[0]), **{k: summary[k] for k in (
-                        "n", "default_rate", "mean_score", "auc", "gini", "ks")},
-                    "model_oot_auc": oot_auc.get(version)}
-                evaluations += performance_evaluations(month, version, summary,
-                                                       oot_auc.get(version), drop)
-        con.register("performance_rows", pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
-        publish(context, warehouse, con, PERFORMANCE, "SELECT * FROM performance_rows", months,
-                per_month)
-    yield from evaluations
-    yield dg.MaterializeResult()
-    yield from check_outputs(context)
+def performance_checks(thresholds: MonitoringSettings) -> tuple[Check, ...]:
+    return (
+        Check("auc_floor", f"AUC of the matured predictions at least {thresholds.auc_floor}; "
+                           f"only WARN without both classes or on fewer than "
+                           f"{thresholds.min_loans} loans"),
+        Check("auc_drop", f"AUC at most {thresholds.max_auc_drop} below the model's "
+                          f"out-of-time AUC; only WARN without both classes or on fewer than "
+                          f"{thresholds.min_loans} loans"),
+    )
 
 
-def performance_evaluations(month: date, version: str, summary: dict, model_oot_auc: float | None,
-                            drop: float | None) -> list:
-    """The AUC floor and AUC drop checks of one label month's matured predictions. Without both
-    classes the AUC is not measurable, and on fewer than `monitoring.min_loans` loans it is too
-    noisy to judge: both are a WARN saying so, never an ERROR."""
+def performance_evaluations(thresholds: MonitoringSettings, version: str, summary: dict,
+                            model_oot_auc: float | None, drop: float | None) -> list[Verdict]:
+    """The `auc_floor` and `auc_drop` verdicts of one label month's matured predictions of
+    model `version`. `summary`: `metrics.summary` of them (`auc` None without both classes,
+    `n` loans, `defaults`); `drop`: the model's OOT AUC minus this AUC (None if either is
+    unknown). Without both classes the AUC is not measurable, and on fewer than
+    `thresholds.min_loans` loans it is too noisy to judge: both are a WARN saying so, never an
+    ERROR."""
     auc, n, defaults = summary["auc"], summary["n"], summary["defaults"]
-    figures = {"auc": auc, "loans": n, "defaults": defaults, "model_oot_auc": model_oot_auc}
-    if auc is None or n < THRESHOLDS.min_loans:
+    figures = {"auc": auc, "loans": int(n), "defaults": int(defaults),
+               "model_oot_auc": model_oot_auc}
+    if auc is None or n < thresholds.min_loans:
         why = (f"AUC of {version} not measurable: {n} loans, {defaults} defaults (one class only)"
                if auc is None else
                f"AUC {auc:.4f} of {version} on only {n} loans: too few to judge "
-               f"(monitoring.min_loans {THRESHOLDS.min_loans})")
-        return [evaluation(check, month, False, figures, severity=WARN, description=why)
-                for check in PERFORMANCE_CHECKS.values()]
-    floor_ok = auc >= THRESHOLDS.auc_floor
-    drop_ok = drop is not None and drop <= THRESHOLDS.max_auc_drop
+               f"(monitoring.min_loans {thresholds.min_loans})")
+        return [Verdict(check.name, False, figures, WARN, why)
+                for check in performance_checks(thresholds)]
+    floor_ok = auc >= thresholds.auc_floor
+    drop_ok = drop is not None and drop <= thresholds.max_auc_drop
     return [
-        evaluation(PERFORMANCE_CHECKS["auc_floor"], month, floor_ok,
-                   {**figures, "floor": THRESHOLDS.auc_floor},
-                   description=None if floor_ok else
-                   f"AUC {auc:.4f} of {version} below the floor {THRESHOLDS.auc_floor}"),
-        evaluation(PERFORMANCE_CHECKS["auc_drop"], month, drop_ok,
-                   {**figures, "drop": drop, "max_drop": THRESHOLDS.max_auc_drop},
-                   description=None if drop_ok else
-                   f"AUC drop of {version} not measurable: no OOT AUC in the registry"
-                   if drop is None else
-                   f"AUC {auc:.4f} of {version} is {drop:.4f} below its OOT AUC "
-                   f"{model_oot_auc:.4f} (more than {THRESHOLDS.max_auc_drop})"),
+        Verdict("auc_floor", floor_ok, {**figures, "floor": thresholds.auc_floor}, ERROR,
+                None if floor_ok else
+                f"AUC {auc:.4f} of {version} below the floor {thresholds.auc_floor}"),
+        Verdict("auc_drop", drop_ok, {**figures, "drop": drop,
+                                      "max_drop": thresholds.max_auc_drop}, ERROR,
+                None if drop_ok else
+                f"AUC drop of {version} not measurable: no OOT AUC in the registry"
+                if drop is None else
+                f"AUC {auc:.4f} of {version} is {drop:.4f} below its OOT AUC "
+                f"{model_oot_auc:.4f} (more than {thresholds.max_auc_drop})"),
     ]
 
 
-# -- evidently drift report ------------------------------------------------------------------
+def published_up_to(step: Step, table: Table, last: date) -> list[date]:
+    """The months of `table` published up to `last`, at the version the step reads (pinned,
+    else current)."""
+    version = step.pins.get(table.qualified_name)
+    return [m for m in step.lake.published_months(table, version) if m <= last]
+
+
+def model_oot_aucs(step: Step, versions: list[str], last_application: date) -> dict[str, float]:
+    """Model version -> its out-of-time AUC at training, from the registry's months up to
+    `last_application` (a model scores no month before it was trained)."""
+    months = published_up_to(step, MODEL_REGISTRY, last_application)
+    if not versions or not months:
+        return {}
+    step.read("ml_model_registry", months)
+    return dict(step.con.execute(
+        "SELECT model_version, oot_auc FROM ml_model_registry "
+        "WHERE list_contains($versions, model_version)", {"versions": versions}).fetchall())
+
+
+def performance_compute(step: Step) -> dict[Table, str]:
+    """monitoring.performance: per label month L, AUC, Gini, KS, default rate and mean score
+    of the predictions of application month L - mob whose labels L holds
+    (sql/monitoring/matured_predictions.sql), and the drop from the model's OOT AUC; the checks
+    `auc_floor`, `auc_drop`."""
+    thresholds, con = step.config.monitoring, step.con
+    step.sql("monitoring/matured_predictions")
+    matured = con.execute(f"SELECT * FROM {RESULT}").df(date_as_object=True)
+    oot_auc = (model_oot_aucs(step, sorted(matured["model_version"].unique()),
+                              max(matured["application_month"]))
+               if not matured.empty else {})
+    rows = []
+    for month in step.months:
+        group = matured[matured["month"] == month]
+        if group.empty:
+            application = upstream_months(step.rules.matured, [month], step.partitions)
+            why = (f"no matured predictions: the application month "
+                   f"{folder_label(application[0])} has no predictions whose labels "
+                   f"{folder_label(month)} holds" if application else
+                   f"no application month {step.config.label.mob} months before")
+            step.metadata(month, {"reason": why})
+            record_verdicts(step, month, [Verdict(check.name, True, {"reason": why})
+                                          for check in performance_checks(thresholds)])
+            continue
+        for version, scored in group.groupby("model_version"):
+            summary = metrics.summary(scored["label"], scored["score"])
+            model_auc = oot_auc.get(version)
+            drop = (model_auc - summary["auc"]
+                    if summary["auc"] is not None and model_auc is not None else None)
+            vintage = scored["application_month"].iloc[0]
+            rows.append({"month": month, "application_month": vintage, "model_version": version,
+                         **{k: summary[k] for k in ("n", "defaults", "default_rate",
+                                                    "mean_score", "auc", "gini", "ks")},
+                         "model_oot_auc": model_auc, "auc_drop": drop})
+            step.metadata(month, {"model_version": version, "vintage": folder_label(vintage),
+                                  **{k: summary[k] for k in ("n", "default_rate", "mean_score",
+                                                             "auc", "gini", "ks")},
+                                  "model_oot_auc": model_auc})
+            record_verdicts(step, month, performance_evaluations(
+                thresholds, version, summary, model_auc, drop))
+    con.register("performance_rows", pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
+    return {PERFORMANCE: "SELECT * FROM performance_rows"}
+
+
+# -- evidently drift report -------------------------------------------------------------------
 
 DRIFT_SCHEMA = pa.schema([
     ("month", pa.date32()), ("model_version", pa.string()), ("column_name", pa.string()),
@@ -393,8 +487,14 @@ DRIFT_SCHEMA = pa.schema([
 ])
 
 
-def report_path(warehouse: Warehouse, month: date):
-    return warehouse.root / "reports" / "drift" / f"{folder_label(month)}.html"
+def reports_folder(lake: Lake) -> Path:
+    """Where the HTML reports go: `<warehouse>/reports` for a folder warehouse; for a bucket,
+    `<work>/reports` in the lake's local work folder, so that a browser can open them."""
+    return (lake.root if lake.local else lake.work) / "reports"
+
+
+def report_path(lake: Lake, month: date) -> Path:
+    return reports_folder(lake) / "drift" / f"{folder_label(month)}.html"
 
 
 def preload_evidently() -> threading.Thread:
@@ -413,14 +513,15 @@ def preload_evidently() -> threading.Thread:
 def evidently_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str],
                     categorical: list[str]):
     """Evidently's drift test of every column (its default test per column type and size) and
-    the share of drifted columns. Imported here: evidently takes seconds to load. The
-    per-column metrics render a third of the time of the DataDriftPreset's table."""
+    the share of drifted columns; returns evidently's snapshot. Every column must have a value
+    on both sides (`columns_to_test`). Imported here: evidently takes seconds to load. The
+    per-column metrics render in under a third of the time of the DataDriftPreset's table."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import DriftedColumnsCount, ValueDrift
 
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
 
-    def dataset(frame: pd.DataFrame) -> "Dataset":
+    def dataset(frame: pd.DataFrame) -> Dataset:
         frame = frame[numeric + categorical].copy()
         frame[numeric] = frame[numeric].astype("float64")
         return Dataset.from_pandas(frame, data_definition=definition)
@@ -450,80 +551,107 @@ def drift_rows(snapshot, month: date, version: str) -> list[dict]:
 
 
 def columns_to_test(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
-                     ) -> tuple[list[str], dict[str, str]]:
+                    ) -> tuple[list[str], dict[str, str]]:
     """The columns a drift test can compare, and why each other one cannot: a column with no
-    value on one side (evidently refuses it; for the month it is a data outage, which
-    monitoring.stability reports as missing data)."""
+    value on one side, NULL or, for a number, infinite (evidently drops those and refuses the
+    empty column; for the month it is a data outage, which monitoring.stability reports as
+    missing data)."""
     notes = {}
     for column in columns:
         empty = [side for side, frame in (("month", current), ("reference", reference))
-                 if frame[column].notna().sum() == 0]
+                 if _values(frame[column]) == 0]
         if empty:
             notes[column] = f"not tested: no value in the {' or the '.join(empty)}"
     return [c for c in columns if c not in notes], notes
 
 
-@monthly_asset(
-    **describe_table(DRIFT),
-    deps=[dg.AssetDep(asset_key(FEATURE_STORE)), dg.AssetDep(CHAMPION),
-          dg.AssetDep(asset_key(PREDICTIONS))],
-)
-def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
-    months = run_months(context)
-    rows, per_month = [], {}
-    with warehouse.connect() as con:
-        champions = champions_of(warehouse, con, months)
-        warehouse.register_input(con, "features", FEATURE_STORE, months)
-        warehouse.register_input(con, "scored", PREDICTIONS, months)
-        for month in months:
-            record = champions.get(month)
-            if not THRESHOLDS.drift_report or record is None:
-                per_month[month] = {"reason": "drift reports are off (monitoring.drift_report)"
-                                    if record else "no champion this month"}
-                continue
-            register_reference(warehouse, con, record)
-            register_actual(con, month)
-            current = con.execute("SELECT * FROM actual_rows").df()
-            if current.empty:
-                per_month[month] = {"reason": "no predictions this month"}
-                continue
-            numeric, categorical = feature_kinds(record, THRESHOLDS.drift_report_features)
-            reference = con.execute("SELECT * FROM reference_rows").df()
-            tested, notes = columns_to_test(reference, current, [SCORE, *numeric, *categorical])
-            untested = [{"month": month, "model_version": record["model_version"],
-                         "column_name": column, "method": None, "threshold": None,
-                         "value": None, "drifted": None, "note": note}
-                        for column, note in notes.items()]
-            if not tested:
-                rows += untested
-                per_month[month] = {"reason": "no column with values on both sides to test",
-                                    "columns_not_tested": len(untested)}
-                continue
-            snapshot = evidently_drift(reference, current,
-                                       [c for c in [SCORE, *numeric] if c in tested],
-                                       [c for c in categorical if c in tested])
-            path = report_path(warehouse, month)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            snapshot.save_html(str(partial))
-            os.replace(partial, path)
-            month_rows = drift_rows(snapshot, month, record["model_version"])
-            rows += month_rows + untested
-            drifted = sorted(r["column_name"] for r in month_rows if r["drifted"])
-            per_month[month] = {
-                "report": dg.MetadataValue.url(path.resolve().as_uri()),
-                "report_path": dg.MetadataValue.path(str(path)),
-                "columns_drifted": len(drifted),
-                "share_drifted": len(drifted) / len(month_rows) if month_rows else 0.0,
-                "drifted": ", ".join(drifted) or "none",
-                "columns_not_tested": len(untested),
-                **({"not_tested": ", ".join(notes)} if notes else {}),
-            }
-        con.register("drift_rows", pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA))
-        publish(context, warehouse, con, DRIFT, "SELECT * FROM drift_rows", months, per_month)
+def _values(column: pd.Series) -> int:
+    """How many values a drift test can use: not NULL and, for a number, finite."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return int(np.isfinite(column.astype("float64")).sum())
+    return int(column.notna().sum())
 
 
-# -- recommendation --------------------------------------------------------------------------
+def write_report(snapshot, path: Path) -> None:
+    """Save the report's HTML at `path`, whole or not at all (written aside, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    snapshot.save_html(str(partial))
+    os.replace(partial, path)
+
+
+def drift_compute(step: Step) -> dict[Table, str]:
+    """monitoring.drift: per month with predictions by its champion, evidently's drift test of
+    the score and the champion's most important features against its OOT reference, one row
+    per column (a column with no value on a side is listed, not tested; a feature of a source
+    below its coverage floor is noted as tested during an outage), and the HTML report at
+    `report_path` (linked from the month's metadata)."""
+    thresholds, con = step.config.monitoring, step.con
+    rows: list[dict] = []
+    champions = read_champions(step) if thresholds.drift_report else {}
+    scored = predictions_by_version(con)
+    failing = failing_sources(con)
+    read_references(step, (champions[m] for m in step.months if m in champions))
+    for month in step.months:
+        record = champions.get(month)
+        if not thresholds.drift_report:
+            step.metadata(month, {"reason": "drift reports are off (monitoring.drift_report)"})
+            continue
+        loans = register_actual(con, month, record["model_version"]) if record else 0
+        if not loans:
+            step.metadata(month, {"reason": unscored_reason(month, record, scored.get(month, {}))})
+            continue
+        if not register_reference(con, record):
+            step.metadata(month, {"reason": f"no reference: ml.score_reference has no "
+                                            f"out-of-time scores of {record['model_version']}"})
+            continue
+        version = record["model_version"]
+        numeric, categorical = feature_kinds(record, thresholds.drift_report_features)
+        current = con.execute("SELECT * FROM actual_rows").df()
+        reference = con.execute("SELECT * FROM reference_rows").df()
+        tested, notes = columns_to_test(reference, current, [SCORE, *numeric, *categorical])
+        untested = [{"month": month, "model_version": version, "column_name": column,
+                     "method": None, "threshold": None, "value": None, "drifted": None,
+                     "note": note} for column, note in notes.items()]
+        rows += untested
+        if not tested:
+            step.metadata(month, {"reason": "no column with values on both sides to test",
+                                  "columns_not_tested": len(untested)})
+            continue
+        snapshot = evidently_drift(reference, current,
+                                   [c for c in [SCORE, *numeric] if c in tested],
+                                   [c for c in categorical if c in tested])
+        path = report_path(step.lake, month)
+        write_report(snapshot, path)
+        month_rows = drift_rows(snapshot, month, version)
+        outages = failing.get(month, {})
+        for row in month_rows:
+            source = source_of_feature(row["column_name"])
+            if row["column_name"] != SCORE and source in outages:
+                coverage, floor = outages[source]
+                row["note"] = (f"tested during an outage: {source} covers {coverage:.0%} of the "
+                               f"month's applications, below its floor {floor:.0%} "
+                               f"(gold.source_coverage): missing data, not drift")
+        rows += month_rows
+        drifted = sorted(r["column_name"] for r in month_rows if r["drifted"])
+        step.metadata(month, {
+            "model_version": version,
+            "report": dg.MetadataValue.url(path.resolve().as_uri()),
+            "report_path": dg.MetadataValue.path(str(path)),
+            "columns_drifted": len(drifted),
+            "share_drifted": len(drifted) / len(month_rows) if month_rows else 0.0,
+            "drifted": ", ".join(drifted) or "none",
+            "columns_not_tested": len(untested),
+            **({"not_tested": ", ".join(notes)} if notes else {}),
+            **({"sources_in_outage": ", ".join(sorted(outages))} if outages else {}),
+        })
+    step.result_metadata["reports_folder"] = dg.MetadataValue.path(
+        str(reports_folder(step.lake) / "drift"))
+    con.register("drift_rows", pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA))
+    return {DRIFT: "SELECT * FROM drift_rows"}
+
+
+# -- recommendation ---------------------------------------------------------------------------
 
 RECOMMENDATION_SCHEMA = pa.schema([
     ("month", pa.date32()), ("model_version", pa.string()), ("recommendation", pa.string()),
@@ -533,20 +661,23 @@ RECOMMENDATION_SCHEMA = pa.schema([
 SEVERITY = {"retain": 0, "watch": 1, "retrain": 2, "data_outage": 3}
 
 
-def recommend(score_psi: float | None, feature_csi: dict[str, float],
-              performance_row: dict | None, failing_sources: dict[str, tuple[float, float]]
-              | None = None, missing_features: dict[str, tuple[float, float]] | None = None
+def recommend(thresholds: MonitoringSettings, score_psi: float | None,
+              feature_csi: Mapping[str, float], performance_row: Mapping | None,
+              failing_sources: Mapping[str, tuple[float, float]] | None = None,
+              missing_features: Mapping[str, tuple[float, float]] | None = None
               ) -> tuple[str, list[dict]]:
-    """retain, watch, retrain or data_outage, with each reason: the metric, its value, the
-    threshold. `feature_csi`: CSI of the features not in an outage; `failing_sources`: source ->
+    """retain, watch, retrain or data_outage, with each reason: a dict of `action`, `metric`,
+    `value`, `threshold`, `comparison`. `score_psi`: None when the month has no stability;
+    `feature_csi`: CSI of the features not in an outage; `performance_row`: the month's
+    monitoring.performance row (`auc`, `auc_drop`, `n`) or None; `failing_sources`: source ->
     (coverage, floor) of the sources below their floor (gold.source_coverage);
     `missing_features`: feature -> (missing share, reference missing share) of the features in
     the outage band. An outage makes the month `data_outage`: fix the feed, don't retrain."""
     reasons = []
 
     def reason(action, metric, value, threshold, comparison):
-        reasons.append({"action": action, "metric": metric, "value": value,
-                        "threshold": threshold, "comparison": comparison})
+        reasons.append({"action": action, "metric": metric, "value": float(value),
+                        "threshold": float(threshold), "comparison": comparison})
 
     for source, (coverage, floor) in sorted((failing_sources or {}).items()):
         reason("data_outage", f"coverage:{source}", coverage, floor, "<")
@@ -557,25 +688,30 @@ def recommend(score_psi: float | None, feature_csi: dict[str, float],
         share = max(f[1] for f in features)
         reference = max(f[2] for f in features)
         reason("data_outage", f"missing:{source} ({len(features)} features)", share,
-               reference + THRESHOLDS.outage_missing_increase, ">=")
+               reference + thresholds.outage_missing_increase, ">=")
     if score_psi is not None:
-        if score_psi >= THRESHOLDS.psi_act:
-            reason("retrain", "score_psi", score_psi, THRESHOLDS.psi_act, ">=")
-        elif score_psi >= THRESHOLDS.psi_watch:
-            reason("watch", "score_psi", score_psi, THRESHOLDS.psi_watch, ">=")
+        if score_psi >= thresholds.psi_act:
+            reason("retrain", "score_psi", score_psi, thresholds.psi_act, ">=")
+        elif score_psi >= thresholds.psi_watch:
+            reason("watch", "score_psi", score_psi, thresholds.psi_watch, ">=")
     for feature, csi in sorted(feature_csi.items(), key=lambda kv: -kv[1]):
-        if csi >= THRESHOLDS.psi_act:
-            reason("watch", f"csi:{feature}", csi, THRESHOLDS.psi_act, ">=")
-    if performance_row and performance_row.get("auc") is not None \
-            and performance_row.get("n", 0) >= THRESHOLDS.min_loans:
+        if csi >= thresholds.psi_act:
+            reason("watch", f"csi:{feature}", csi, thresholds.psi_act, ">=")
+    if performance_row and not _missing(performance_row.get("auc")) \
+            and performance_row.get("n", 0) >= thresholds.min_loans:
         auc = performance_row["auc"]
-        if auc < THRESHOLDS.auc_floor:
-            reason("retrain", "auc", auc, THRESHOLDS.auc_floor, "<")
+        if auc < thresholds.auc_floor:
+            reason("retrain", "auc", auc, thresholds.auc_floor, "<")
         drop = performance_row.get("auc_drop")
-        if drop is not None and drop > THRESHOLDS.max_auc_drop:
-            reason("retrain", "auc_drop", drop, THRESHOLDS.max_auc_drop, ">")
+        if not _missing(drop) and drop > thresholds.max_auc_drop:
+            reason("retrain", "auc_drop", drop, thresholds.max_auc_drop, ">")
     action = max((r["action"] for r in reasons), key=SEVERITY.get, default="retain")
     return action, reasons
+
+
+def _missing(value) -> bool:
+    """None, or the NaN pandas puts for a NULL."""
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def describe_reasons(reasons: list[dict]) -> str:
@@ -585,97 +721,133 @@ def describe_reasons(reasons: list[dict]) -> str:
                      f"({r['action']})" for r in reasons)
 
 
-@monthly_asset(
-    **describe_table(RECOMMENDATION),
-    deps=[dg.AssetDep(STABILITY_KEY), dg.AssetDep(PERFORMANCE_KEY),
-          dg.AssetDep(asset_key(SOURCE_COVERAGE))],
-)
-def recommendation(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
-    months = run_months(context)
-    rows, per_month = [], {}
-    with warehouse.connect() as con:
-        warehouse.register_input(con, "stability_rows", STABILITY, months)
-        warehouse.register_input(con, "performance_rows", PERFORMANCE, months)
-        failing = failing_sources(warehouse, con, months)
-        stability_frame = as_dates(con.execute("SELECT * FROM stability_rows").df(), "month")
-        performance_frame = as_dates(con.execute("SELECT * FROM performance_rows").df(), "month")
-        for month in months:
-            month_stability = stability_frame[stability_frame["month"] == month]
-            month_performance = performance_frame[performance_frame["month"] == month]
-            if month_stability.empty and month_performance.empty and month not in failing:
-                per_month[month] = {"reason": "no predictions and no matured labels this month"}
-                continue
-            by_variable = month_stability.set_index("variable")
-            features = by_variable.drop(index=SCORE, errors="ignore")
-            outage = features[features["band"] == "outage"]
-            performance_row = (month_performance.iloc[0].to_dict()
-                               if not month_performance.empty else None)
-            action, reasons = recommend(
-                float(by_variable.loc[SCORE, "psi"]) if SCORE in by_variable.index else None,
-                {k: float(v) for k, v in features[features["band"] != "outage"]["psi"].items()},
-                performance_row, failing.get(month),
-                {k: (float(r.actual_missing_share), float(r.reference_missing_share))
-                 for k, r in outage.iterrows()})
-            version = (month_stability["model_version"].iloc[0] if not month_stability.empty
-                       else performance_row["model_version"] if performance_row else None)
-            rows.append({"month": month, "model_version": version, "recommendation": action,
-                         "reasons": describe_reasons(reasons),
-                         "reasons_json": json.dumps(reasons)})
-            per_month[month] = {"recommendation": action, "reasons": describe_reasons(reasons),
-                                "model_version": version or "none"}
-        con.register("recommendation_rows",
-                     pa.Table.from_pylist(rows, schema=RECOMMENDATION_SCHEMA))
-        publish(context, warehouse, con, RECOMMENDATION, "SELECT * FROM recommendation_rows",
-                months, per_month)
+def recommendation_compute(step: Step) -> dict[Table, str]:
+    """monitoring.recommendation: per month with stability, matured performance or a source
+    below its floor, the most severe of retain / watch / retrain / data_outage and every
+    reason (`recommend`)."""
+    thresholds, con = step.config.monitoring, step.con
+    failing = failing_sources(con)
+    stability = con.execute("SELECT * FROM monitoring_stability").df(date_as_object=True)
+    performance = con.execute("SELECT * FROM monitoring_performance").df(date_as_object=True)
+    rows = []
+    for month in step.months:
+        month_stability = stability[stability["month"] == month]
+        month_performance = performance[performance["month"] == month]
+        if month_stability.empty and month_performance.empty and month not in failing:
+            step.metadata(month, {"reason": "no predictions and no matured labels this month"})
+            continue
+        by_variable = month_stability.set_index("variable")
+        features = by_variable.drop(index=SCORE, errors="ignore")
+        outage = features[features["band"] == "outage"]
+        performance_row = (month_performance.iloc[0].to_dict()
+                           if not month_performance.empty else None)
+        action, reasons = recommend(
+            thresholds,
+            float(by_variable.loc[SCORE, "psi"]) if SCORE in by_variable.index else None,
+            {k: float(v) for k, v in features[features["band"] != "outage"]["psi"].items()},
+            performance_row, failing.get(month),
+            {k: (float(r.actual_missing_share), float(r.reference_missing_share))
+             for k, r in outage.iterrows()})
+        version = (month_stability["model_version"].iloc[0] if not month_stability.empty
+                   else performance_row["model_version"] if performance_row else None)
+        rows.append({"month": month, "model_version": version, "recommendation": action,
+                     "reasons": describe_reasons(reasons), "reasons_json": json.dumps(reasons)})
+        step.metadata(month, {"recommendation": action, "reasons": describe_reasons(reasons),
+                              "model_version": version or "none"})
+    con.register("recommendation_rows", pa.Table.from_pylist(rows, schema=RECOMMENDATION_SCHEMA))
+    return {RECOMMENDATION: "SELECT * FROM recommendation_rows"}
 
 
-# -- summary ---------------------------------------------------------------------------------
+# -- summary ----------------------------------------------------------------------------------
+
+SUMMARY_INPUTS = {STABILITY: "all_stability", PERFORMANCE: "all_performance",
+                  DRIFT: "all_drift", RECOMMENDATION: "all_recommendation"}
 
 
-@monthly_asset(
-    **describe_table(SUMMARY),
-    deps=[dg.AssetDep(STABILITY_KEY), dg.AssetDep(PERFORMANCE_KEY),
-          dg.AssetDep(asset_key(DRIFT)), dg.AssetDep(asset_key(RECOMMENDATION))],
-)
-def summary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> None:
-    months = run_months(context)
-    with warehouse.connect() as con:
-        # the plots show every month published so far, up to the last month of this run
-        history = {table.name: [m for m in warehouse.published_months(table) if m <= months[-1]]
-                   for table in (STABILITY, PERFORMANCE, DRIFT, RECOMMENDATION)}
-        for table in (STABILITY, PERFORMANCE, DRIFT, RECOMMENDATION):
-            missing = sorted(set(months) - set(history[table.name]))
-            warehouse.register_input(con, f"all_{table.name}", table,
-                                     history[table.name] + missing)
-        compute(con, "monitoring/summary")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE summary_rows AS SELECT * FROM {RESULT} "
-                    "WHERE month BETWEEN $first AND $last",
-                    {"first": months[0], "last": months[-1]})
-        per_month = {m: {"plots_up_to": folder_label(months[-1])} for m in months}
-        per_month[months[-1]].update(summary_plots(con))
-        publish(context, warehouse, con, SUMMARY, "SELECT * FROM summary_rows", months, per_month)
+def summary_compute(step: Step) -> dict[Table, str]:
+    """monitoring.summary: one row per month (sql/monitoring/summary.sql) and, on the run's
+    last month, plots over every month published up to it. A month of the run that one of the
+    four tables has not published is a LakeError naming it."""
+    con, last = step.con, max(step.months)
+    for table, view in SUMMARY_INPUTS.items():
+        step.read(view, sorted(set(published_up_to(step, table, last)) | set(step.months)))
+    step.sql("monitoring/summary")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE summary_rows AS SELECT * FROM {RESULT} "
+                "WHERE list_contains($months, month)", {"months": step.months})
+    for month in step.months:
+        step.metadata(month, {"plots_up_to": folder_label(last)})
+    step.metadata(last, summary_plots(con, step.config.monitoring))
+    return {SUMMARY: "SELECT * FROM summary_rows"}
 
 
-def summary_plots(con: duckdb.DuckDBPyConnection) -> dict:
+def summary_plots(con: duckdb.DuckDBPyConnection, thresholds: MonitoringSettings) -> dict:
     """PSI by variable over months (the score and the most drifting features) and AUC / Gini
-    over label months, as Markdown images."""
-    stability_history = as_dates(con.execute(
-        "SELECT month, variable, psi FROM all_stability ORDER BY month").df(), "month")
+    over label months, as Markdown images, from the `all_stability` and `all_performance`
+    views; a plot without data is left out."""
+    stability_history = con.execute(
+        "SELECT month, variable, psi FROM all_stability ORDER BY month").df(date_as_object=True)
     plots = {}
     if not stability_history.empty:
         wide = stability_history.pivot_table(index="month", columns="variable", values="psi")
-        top = wide.drop(columns=[SCORE]).max().sort_values(ascending=False).head(5).index
+        top = (wide.drop(columns=[SCORE], errors="ignore").max()
+               .sort_values(ascending=False).head(5).index)
+        shown = [name for name in [SCORE, *top] if name in wide.columns]
         plots["psi_over_months"] = dg.MetadataValue.md(line_chart(
-            list(wide.index), {name: wide[name].tolist() for name in [SCORE, *top]},
+            list(wide.index), {name: wide[name].tolist() for name in shown},
             "PSI of the score and the most drifting features", "PSI",
-            {"watch": THRESHOLDS.psi_watch, "act": THRESHOLDS.psi_act}))
-    performance_history = as_dates(con.execute(
-        "SELECT month, auc, gini FROM all_performance ORDER BY month").df(), "month")
+            {"watch": thresholds.psi_watch, "act": thresholds.psi_act}))
+    performance_history = con.execute(
+        "SELECT month, auc, gini FROM all_performance ORDER BY month").df(date_as_object=True)
     if not performance_history.empty:
         plots["auc_gini_over_months"] = dg.MetadataValue.md(line_chart(
             performance_history["month"].tolist(),
             {"AUC": performance_history["auc"].tolist(),
              "Gini": performance_history["gini"].tolist()},
             "AUC and Gini of matured predictions, by label month", "value",
-            {"AUC floor": THRESHOLDS.auc_floor}))
+            {"AUC floor": thresholds.auc_floor}))
     return plots
+
+
+# -- the specs --------------------------------------------------------------------------------
+
+
+def monitoring_specs(build: Build) -> list[TableSpec]:
+    """Stability, performance, drift, the recommendation and the summary, with their checks
+    (thresholds from `build.config.monitoring`)."""
+    thresholds, rules = build.config.monitoring, build.rules
+    scored = (Input(PREDICTIONS, "gold_predictions"),
+              Input(FEATURE_STORE, "gold_feature_store"),
+              Input(MODEL_ALIASES, "ml_model_aliases"))
+    reference = (Input(MODEL_REGISTRY, "ml_model_registry", lookup=True),
+                 Input(TRAINING_SET, "gold_training_set", lookup=True),
+                 Input(SCORE_REFERENCE, "ml_score_reference", lookup=True))
+    registry_key = dg.AssetSelection.assets(asset_key(MODEL_REGISTRY))
+    return [
+        TableSpec(
+            table=STABILITY, compute=stability_compute,
+            inputs=(*scored, Input(SOURCE_COVERAGE, "gold_source_coverage"), *reference),
+            checks=stability_checks(thresholds)),
+        TableSpec(
+            table=PERFORMANCE, compute=performance_compute,
+            inputs=(Input(PREDICTIONS, "gold_predictions", rules.matured),
+                    Input(LABEL_STORE, "gold_label_store"),
+                    Input(MODEL_REGISTRY, "ml_model_registry", lookup=True)),
+            checks=performance_checks(thresholds),
+            # When a label month's labels land, its performance is measured (the label_maturity
+            # sensor). The registry (every month, for the OOT AUC) neither triggers it nor
+            # holds it back: the record of a model that scored is always there.
+            automation_condition=dg.AutomationCondition.eager().ignore(registry_key)),
+        TableSpec(
+            table=DRIFT, compute=drift_compute,
+            inputs=(*scored, Input(SOURCE_COVERAGE, "gold_source_coverage"), *reference),
+            kinds=frozenset({"duckdb", "deltalake", "evidently"})),
+        TableSpec(
+            table=RECOMMENDATION, compute=recommendation_compute,
+            inputs=(Input(STABILITY, "monitoring_stability"),
+                    Input(PERFORMANCE, "monitoring_performance"),
+                    Input(SOURCE_COVERAGE, "gold_source_coverage"))),
+        TableSpec(
+            table=SUMMARY, compute=summary_compute,
+            inputs=tuple(Input(table, view, lookup=True)
+                         for table, view in SUMMARY_INPUTS.items())),
+    ]
