@@ -48,6 +48,8 @@ def s3(tmp_path_factory):
         server.stop()
 
 
+RAW_TO_GOLD = ("group:raw or group:silver or key:gold/feature_store or key:gold/label_store "
+               "or key:gold/source_coverage")
 _prefixes = itertools.count()
 
 
@@ -58,8 +60,9 @@ def bucket_uri(request):
 
 
 def make_lake(uri: str, s3, tmp_path: Path, **settings) -> Lake:
-    return Lake(uri=uri, storage_options=s3.options, work_dir=str(tmp_path / "work"),
-                catalog_path=str(tmp_path / "catalog" / "catalog.duckdb"), **settings)
+    return Lake(**{"uri": uri, "storage_options": s3.options,
+                   "work_dir": str(tmp_path / "work"),
+                   "catalog_path": str(tmp_path / "catalog" / "catalog.duckdb"), **settings})
 
 
 @pytest.fixture
@@ -183,9 +186,11 @@ def test_a_read_from_a_bucket_scans_only_the_months_asked_for(lake, s3):
 
 
 def writer_env(s3) -> dict[str, str]:
-    """A writer process's environment: the storage options as AWS_* variables only."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-            **s3.options, "PYTHONPATH": str(PROJECT)}
+    """A writer process's environment: the storage options as AWS_* variables only, and no
+    VINTAGE_* or DAGSTER_HOME of the machine running the tests."""
+    kept = {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "VINTAGE_")) and k != "DAGSTER_HOME"}
+    return {**kept, **s3.options, "PYTHONPATH": str(PROJECT)}
 
 
 def test_two_writer_processes_publish_different_months_of_a_table_at_once(bucket_uri, s3,
@@ -446,33 +451,41 @@ def run_raw_to_gold(config, last: str):
 
 
 @pytest.mark.slow
-def test_raw_to_gold_in_a_bucket_gives_the_tables_of_a_local_run(s3, bucket_uri, tmp_path):
-    """The graph's raw, silver and gold assets (the ML and monitoring stages are converted
-    elsewhere) for seven demo months, once into the bucket (storage options from a copy of
-    the configuration), once into a folder: the same rows in every table."""
+def test_vintage_run_into_a_bucket_gives_the_tables_of_a_run_into_a_folder(s3, bucket_uri,
+                                                                           tmp_path):
+    """`vintage run --warehouse s3://...`, raw to gold, for seven demo months, the storage
+    options in the environment only, the catalog, work folder and instance in
+    `.vintage/` of its working directory; then raw, silver and gold of the same months in a
+    folder, in process: the same rows in every table."""
     import yaml
 
     from ml_assets.demo.generator import generate
     from ml_assets.settings import CONFIG_DIR, load_settings
+    from tests.conftest import VINTAGE
 
     generate(tmp_path / "demo", scale=0.04, seed=42, shift_month="2024-07", progress=False)
-    lakes = {}
-    for where, warehouse in (("bucket", bucket_uri), ("folder", str(tmp_path / "local-wh"))):
-        raw = yaml.safe_load((CONFIG_DIR / "vintage.yaml").read_text())
-        raw["paths"] = {**raw["paths"], "source": str(tmp_path / "demo"),
-                        "warehouse": warehouse}
-        if where == "bucket":
-            raw["storage"] = {**(raw.get("storage") or {}), "options": s3.options}
-        (tmp_path / f"{where}.yaml").write_text(yaml.safe_dump(raw))
-        config = load_settings(tmp_path / f"{where}.yaml", environ={
-            "VINTAGE_CATALOG": str(tmp_path / where / "catalog.duckdb"),
-            "VINTAGE_WORK": str(tmp_path / where / "work")})
-        started = time.monotonic()
-        tables, lakes[where] = run_raw_to_gold(config, "2023-07-01")
-        print(f"raw to gold, 7 months, {where}: {time.monotonic() - started:.1f} s")
+    (tmp_path / "run").mkdir()
+    started = time.monotonic()
+    done = subprocess.run([VINTAGE, "run", "--source", str(tmp_path / "demo"), "--warehouse",
+                           bucket_uri, "--from", "2023-01", "--to", "2023-07", "--select",
+                           RAW_TO_GOLD],
+                          cwd=tmp_path / "run", env=writer_env(s3), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"vintage run, 7 months, raw to gold, into a bucket: "
+          f"{time.monotonic() - started:.1f} s")
+    local_state = tmp_path / "run" / ".vintage"
+    assert (local_state / "catalog.duckdb").is_file()
+    assert (local_state / "_dagster").is_dir() and (local_state / "_work").is_dir()
+    assert not list((tmp_path / "run").glob("**/_delta_log"))  # no table on local disk
 
-    bucket, folder = lakes["bucket"], lakes["folder"]
-    assert bucket.uri == bucket_uri and bucket.storage_options == s3.options
+    raw = yaml.safe_load((CONFIG_DIR / "vintage.yaml").read_text())
+    raw["paths"] = {**raw["paths"], "source": str(tmp_path / "demo"),
+                    "warehouse": str(tmp_path / "folder")}
+    (tmp_path / "folder.yaml").write_text(yaml.safe_dump(raw))
+    tables, folder = run_raw_to_gold(load_settings(tmp_path / "folder.yaml", environ={}),
+                                     "2023-07-01")
+    bucket = make_lake(bucket_uri, s3, tmp_path)
     compared = 0
     with duckdb.connect() as con:
         for table in tables:
@@ -492,14 +505,18 @@ def test_raw_to_gold_in_a_bucket_gives_the_tables_of_a_local_run(s3, bucket_uri,
                                    f"SELECT {listed} FROM {b})").fetchall()[0] == (0,), table
             compared += 1
     assert compared >= 10
-    assert folder.month_rows(next(t for t in tables if t.name == "label_store"),
-                             date(2023, 7, 1)) > 0
-    # the bucket run's catalog is local and reads the bucket
-    with bucket.catalog_connection() as catalog:
-        assert catalog.execute("SELECT count(*) FROM gold.feature_store").fetchall()[0] == (
-            sum(bucket.month_rows(next(t for t in tables if t.name == "feature_store"), m)
-                for m in months_from(date(2023, 1, 1), 7)),)
-    assert not list(tmp_path.glob("bucket/**/_delta_log"))  # no table on local disk
+    label_store = next(t for t in tables if t.name == "label_store")
+    assert bucket.month_rows(label_store, date(2023, 7, 1)) > 0
+    # the run's catalog (local) reads the bucket
+    catalog = make_lake(bucket_uri, s3, tmp_path,
+                        catalog_path=str(local_state / "catalog.duckdb"))
+    with catalog.catalog_connection() as con:
+        views = {f"{s}.{v}" for s, v in con.execute(
+            "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        assert {t.qualified_name for t in tables if folder.version(t) is not None} <= views
+        feature_store = next(t for t in tables if t.name == "feature_store")
+        assert con.execute("SELECT count(*) FROM gold.feature_store").fetchall()[0] == (
+            sum(bucket.month_rows(feature_store, m) for m in months_from(date(2023, 1, 1), 7)),)
 
 
 def test_bucket_settings_refuse_a_catalog_in_a_bucket_and_take_yaml_booleans(tmp_path):
