@@ -62,6 +62,18 @@ def _hang_half_way(write, after_batches: int):
     return hanging
 
 
+def publish_at_barrier(uri: str, storage_options: dict, work: str, month: date, barrier,
+                       versions) -> None:
+    """Stage `month` of TABLE, wait at `barrier` for the other process, then commit: both
+    commit at the same moment (for multiprocessing, spawn). Puts the version into `versions`."""
+    lake = Lake(uri=uri, storage_options=storage_options, work_dir=work,
+                catalog_path=str(Path(work) / "catalog.duckdb"))
+    with duckdb.connect() as con, lake.publication(TABLE) as publication:
+        publication.stage(con, month_rows(month, 10), [month])
+        barrier.wait(timeout=60)
+    versions.put(publication.version)
+
+
 def main(argv: list[str]) -> None:
     mode, uri, work, first, count = argv[:5]
     rows = int(argv[5]) if len(argv) > 5 else 100

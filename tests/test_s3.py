@@ -223,6 +223,28 @@ def test_two_writer_processes_publish_different_months_of_a_table_at_once(bucket
           f"slowest commit {max(c['seconds'] for c in commits):.2f} s")
 
 
+def test_two_processes_create_a_table_at_the_same_moment(bucket_uri, s3, tmp_path):
+    """Both stage a month, meet at a barrier, then commit the table's first version at once:
+    one creates the table, the other's commit becomes version 1."""
+    import multiprocessing
+
+    from tests.s3_writer import publish_at_barrier
+
+    spawn = multiprocessing.get_context("spawn")  # delta-rs's runtime does not survive a fork
+    barrier, versions = spawn.Barrier(2), spawn.Queue()
+    writers = [spawn.Process(target=publish_at_barrier, args=(
+        bucket_uri, s3.options, str(tmp_path / f"writer-{i}"), month, barrier, versions))
+        for i, month in enumerate((JAN, FEB))]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert sorted(versions.get(timeout=5) for _ in writers) == [0, 1]
+    lake = make_lake(bucket_uri, s3, tmp_path)
+    assert lake.version(RACE) == 1 and lake.published_months(RACE) == [JAN, FEB]
+
+
 def test_a_writer_killed_mid_commit_leaves_the_table_unchanged(bucket_uri, s3, tmp_path):
     lake = make_lake(bucket_uri, s3, tmp_path)
     with duckdb.connect() as con:
