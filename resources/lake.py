@@ -366,9 +366,9 @@ class Lake(dg.ConfigurableResource):
         if version < 0:
             return None
         uri = self.table_uri(table) if isinstance(table, Table) else table
-        log = FileStore(uri, self.storage_options) if self.bucket else FileStore(uri)
+        files = FileStore(uri, self.storage_options) if self.bucket else FileStore(uri)
         try:
-            text = log.read_bytes(f"_delta_log/{version:020d}.json").decode()
+            text = files.read_bytes(f"_delta_log/{version:020d}.json").decode()
         except FileNotFoundError:
             return None
         for line in text.splitlines():
