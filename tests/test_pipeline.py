@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -185,7 +186,9 @@ def test_application_month_of_every_label_is_in_the_feature_store(demo):
 
 def test_a_month_with_missing_upstream_fails_clearly(tmp_path):
     (tmp_path / "none").mkdir()
-    definitions = build_definitions(settings_for(tmp_path / "wh", tmp_path / "none"))
+    config = dataclasses.replace(settings_for(tmp_path / "wh", tmp_path / "none"),
+                                 first_month=date(2023, 1, 1), last_month=date(2025, 11, 1))
+    definitions = build_definitions(config)
     result = definitions.resolve_job_def(monthly_pipeline.name).execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         asset_selection=[dg.AssetKey(["gold", "label_store"])],
@@ -195,7 +198,8 @@ def test_a_month_with_missing_upstream_fails_clearly(tmp_path):
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.event_specific_data.error.cause.message
-    assert "silver.loan_daily has no published month 2024-01; materialise it first" in message
+    assert ("silver.loan_daily has no published month 2024-01 (no month at all yet); "
+            "materialise it first") in message
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -537,11 +541,12 @@ def test_every_table_reads_the_same_in_polars_and_the_catalog(demo):
             columns = [c for c in frame.columns if not frame[c].dtype.is_nested()]
             quoted = ", ".join(f'"{c}"' for c in columns)
             con.register("polars_rows", frame.select(columns).to_arrow())
-            view_rows = con.execute(f"SELECT count(*) FROM {table.qualified_name}").fetchone()[0]
-            differing = con.execute(
+            [(view_rows,)] = con.execute(f"SELECT count(*) FROM {table.qualified_name}"
+                                         ).fetchall()
+            [(differing,)] = con.execute(
                 f"SELECT count(*) FROM ((SELECT {quoted} FROM {table.qualified_name} EXCEPT ALL "
                 f"SELECT {quoted} FROM polars_rows) UNION ALL (SELECT {quoted} FROM polars_rows "
-                f"EXCEPT ALL SELECT {quoted} FROM {table.qualified_name}))").fetchone()[0]
+                f"EXCEPT ALL SELECT {quoted} FROM {table.qualified_name}))").fetchall()
             assert (frame.height, differing) == (view_rows, 0), table.qualified_name
             con.unregister("polars_rows")
 
