@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +21,7 @@ from ml_assets.model_config import ModelConfig, load_model_config
 from ml_assets.partitions import monthly_partitions, time_rules
 from ml_assets.schedules import monthly_schedule
 from ml_assets.sensors import sensors
-from ml_assets.settings import Settings, load_settings
+from ml_assets.settings import Settings, SettingsError, load_settings
 from ml_assets.spec import Build, TableSpec, asset_key, table_asset
 from ml_assets.tables import all_tables
 from resources.lake import Lake
@@ -75,12 +76,33 @@ def table_specs(build: Build) -> list[TableSpec]:
 
 
 def executor(config: Settings) -> dg.ExecutorDefinition:
-    """One process runs a run's steps one after another (`in_process`, the default: measured
-    faster on 2 cores, one DuckDB at a time), or each step in its own process, up to
-    `execution.max_concurrent` at once (`multiprocess`): months and tables written by
-    different processes are committed safely (Delta's optimistic commits)."""
+    """How a run's steps execute (`execution:` in the settings):
+
+    - `in_process` (the default): one after another in the run's process; measured faster on
+      2 cores, and one DuckDB at a time bounds memory;
+    - `multiprocess`: each step in its own process, up to `execution.max_concurrent` at once;
+    - `k8s`: each step a Kubernetes job (dagster-k8s' `k8s_job_executor`, installed with
+      `pip install dagster-k8s==0.29.27`), configured by `execution.config` (job image,
+      namespace, env config maps, resources);
+    - `celery`: each step a Celery task (dagster-celery's `celery_executor`), configured by
+      `execution.config` (broker, backend, include).
+
+    Steps in other processes or machines commit their tables safely: each publish is a Delta
+    commit, and writers of different months of a table never conflict. Raises SettingsError
+    when the executor's package is not installed."""
     if config.executor == "multiprocess":
         return dg.multiprocess_executor.configured({"max_concurrent": config.max_concurrent})
+    if config.executor in ("k8s", "celery"):
+        package, name = {"k8s": ("dagster_k8s", "k8s_job_executor"),
+                         "celery": ("dagster_celery", "celery_executor")}[config.executor]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise SettingsError(f"execution.executor: {config.executor} needs the package "
+                                f"{package.replace('_', '-')} (pip install "
+                                f"{package.replace('_', '-')}==0.29.27)") from None
+        chosen = getattr(module, name)
+        return chosen.configured(config.executor_config) if config.executor_config else chosen
     return dg.in_process_executor
 
 

@@ -99,7 +99,7 @@ class MonitoringSettings:
     drift_report_features: int | None
 
 
-EXECUTORS = ("in_process", "multiprocess")
+EXECUTORS = ("in_process", "multiprocess", "k8s", "celery")
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,9 @@ class Settings:
     work: Path  # local scratch: staged sources, staging of a step's months, DuckDB's spill
     storage_options: dict[str, str]  # delta-rs object-store options of a bucket warehouse
     retention_days: int  # old table versions are kept this long, then vacuumed
-    executor: str  # in_process | multiprocess
+    executor: str  # in_process | multiprocess | k8s | celery
     max_concurrent: int  # steps at once with the multiprocess executor
+    executor_config: dict  # the k8s or celery executor's own configuration
     dagster_home: Path  # the Dagster instance of this warehouse
     demo: DemoSettings
     first_month: date | None
@@ -280,6 +281,7 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
         executor=executor,
         max_concurrent=_positive_int(execution.get("max_concurrent", 2),
                                      "execution.max_concurrent"),
+        executor_config=dict(execution.get("config") or {}),
         demo=DemoSettings(
             folder=Path(demo.get("folder", "data/demo")).resolve(),
             scale=float(demo.get("scale", 1)),

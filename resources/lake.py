@@ -395,8 +395,10 @@ class Lake(dg.ConfigurableResource):
             raise LakeError(f"invalid view name {view!r}")
         delta = self.delta(table, version)
         if delta is None:
-            raise LakeError(f"{table.qualified_name} has no published month yet; materialise "
-                            "it first")
+            asked = "" if not months else " " + ", ".join(folder_label(m) for m in sorted(
+                set(months)))
+            raise LakeError(f"{table.qualified_name} has no published month{asked} (no month "
+                            "at all yet); materialise it first")
         published = self._published(delta)
         wanted = sorted(published) if months is None else sorted(set(months))
         missing = [m for m in wanted if m not in published]

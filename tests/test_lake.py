@@ -162,7 +162,8 @@ def test_vacuum_keeps_every_version_within_the_retention(lake, con, tmp_path):
 
 
 def test_reading_an_unpublished_month_is_an_error(lake, con):
-    with pytest.raises(LakeError, match="gold.example has no published month yet"):
+    with pytest.raises(LakeError, match=r"gold.example has no published month 2024-01 \(no "
+                                        r"month at all yet\)"):
         read_rows(lake, months=[JAN])
     lake.publish(con, TABLE, rows_query(con, [(1, JAN, "a")]), [JAN])
     with pytest.raises(LakeError, match="gold.example has no published month 2024-02"):
