@@ -43,6 +43,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError, TableNotFoundError
@@ -220,7 +221,11 @@ class Publication:
         into the commit's metadata: the lineage a model or a month is reproduced from."""
         if not self.counts:
             return None
-        dataset = ds.dataset([str(f) for f in self.files], format="parquet")
+        # DuckDB writes a column with no NULL in a group as required: a later group's NULLs
+        # would break a schema taken from the first file, so every column is nullable here
+        schema = pa.unify_schemas([pa.schema([f.with_nullable(True) for f in pq.read_schema(p)])
+                                   for p in self.files])
+        dataset = ds.dataset([str(f) for f in self.files], format="parquet", schema=schema)
         self.version, self.added_columns = self.lake._commit(
             self.table, dataset, sorted(self.counts), run_id, input_versions or {})
         return self.version
