@@ -72,7 +72,11 @@ def _features(raw: dict, where: str) -> FeatureList:
 
 def load_model_config(path: Path | None = None) -> ModelConfig:
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"{path} not found (set by VINTAGE_MODELS, or the project's "
+                            f"config folder)") from None
     training, champion = raw.get("training", {}), raw.get("champion", {})
     default_features = _features(raw.get("features", {}), f"{path}: features")
     models = []
