@@ -217,7 +217,10 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
     start, end = resolve_months(first, last, partitions, source_month_range(config))
     keys = resolve_selection(defs, select)
     run_id = str(uuid.uuid4())
-    problems = preflight(start, end, keys, run_id)
+    try:
+        problems = preflight(start, end, keys, run_id)
+    except SourceError as error:  # a file that cannot be read at all
+        raise SourceError(f"{error}\nnothing was run; published months are unchanged") from None
     if problems:
         raise SourceError("\n".join(problems) + "\nnothing was run; published months are "
                           "unchanged")

@@ -197,6 +197,25 @@ def test_an_unwritable_warehouse_exits_2(tmp_path):
     assert f"warehouse {blocked / 'wh'} is not writable" in done.stderr
 
 
+@pytest.mark.parametrize("variable", ["VINTAGE_CONTRACTS", "VINTAGE_MODELS"])
+def test_a_missing_contract_or_model_file_exits_2_naming_it(variable, tmp_path):
+    missing = tmp_path / "missing.yaml"
+    done = vintage("run", "--from", "2023-01", "--to", "2023-01",
+                   env={"DAGSTER_HOME": str(tmp_path / "home"), variable: str(missing),
+                        "VINTAGE_WAREHOUSE": str(tmp_path / "wh")}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"{missing} not found (set by {variable}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_generate_into_a_folder_it_cannot_write_exits_2(tmp_path):
+    done = vintage("generate", "--out", "/proc/vintage-demo", "--scale", "0.01",
+                   env={"DAGSTER_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2, done.stderr
+    assert "--out /proc/vintage-demo: cannot write the files" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_generate_takes_an_empty_shift_month_and_a_full_month_key(tmp_path):
     done = vintage("generate", "--out", str(tmp_path / "a"), "--scale", "0.001", "--seed", "0",
                    "--shift-month", "", env={})
