@@ -280,6 +280,9 @@ def cmd_generate(args) -> int:
                          shift_month=args.shift_month, arrivals=arrivals)
     except ValueError as error:  # the generator refuses a bad month or source by name
         raise UsageError(str(error)) from None
+    except OSError as error:  # a folder it cannot write (/proc, a full disk, no permission)
+        raise ArgumentError(f"--out {args.out}: cannot write the files: "
+                            f"{error.strerror or error}") from None
     for path in paths.values():
         print(path)
     print(f"generated in {time.monotonic() - started:.1f} s")
@@ -626,8 +629,8 @@ def parser() -> argparse.ArgumentParser:
                           help=f"1 = 12,500 customers; more than 0, at most {MAX_SCALE}")
     generate.add_argument("--seed", type=_seed, default=42, help="a whole number >= 0")
     generate.add_argument("--shift-month", type=_month_or_empty, default="2024-07",
-                          help="population shift from this application month (YYYY-MM; "
-                               "empty: no shift)")
+                          help="population shift from this application month (YYYY-MM, "
+                               "default 2024-07; empty: no shift)")
     generate.add_argument("--stops-covering", action="append", metavar="SOURCE@YYYY-MM",
                           help="the source has no rows for customers applying from the month "
                                "on (a feed that stops covering new applicants); repeatable")

@@ -116,7 +116,11 @@ def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:
     """The data contracts in `path` (default: VINTAGE_CONTRACTS, else config/contracts.yaml),
     by source name. Raises SettingsError naming the file, source and setting that is wrong."""
     path = Path(path or os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"{path} not found (set by VINTAGE_CONTRACTS, or the project's "
+                            f"config folder)") from None
     defaults = raw.get("defaults", {})
     _reading(path, "defaults", defaults, {})
     contracts = {}
@@ -307,7 +311,8 @@ def duplicate_key_findings(con: duckdb.DuckDBPyConnection, view: str, contract: 
             f"{len(hits)} keys ({', '.join(contract.key)}) have more than one row in the month "
             f"with different values, e.g. {key} at data rows {first} and {second}, differing in "
             f"{differing}; one row per key and month is expected (a daily extract with several "
-            f"snapshots in a month? keep the month-end one)", {"duplicate_keys": len(hits)}))
+            f"snapshots in a month? keep one per key and month, e.g. the month's last)",
+            {"duplicate_keys": len(hits)}))
     return findings
 
 

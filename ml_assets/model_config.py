@@ -74,7 +74,11 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
     read when called (the code location reads it once, in `load_build`). Raises SettingsError
     for an unknown algorithm, a bad model name, no models, or a share or count out of range."""
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"{path} not found (set by VINTAGE_MODELS, or the project's "
+                            f"config folder)") from None
     training, champion = raw.get("training", {}), raw.get("champion", {})
     default_features = _features(raw.get("features", {}), f"{path}: features")
     models = []

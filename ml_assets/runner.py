@@ -161,6 +161,8 @@ def resolve_months(first: str | None, last: str | None, partitions_def,
 
 
 def resolve_selection(defs: dg.Definitions, select: str | None) -> list[dg.AssetKey]:
+    """The assets of `select` (Dagster's selection syntax; everything when empty), with the
+    other tables their steps write. Raises UsageError naming a bad or empty selection."""
     graph = defs.resolve_asset_graph()
     known = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
     if not select:
@@ -168,7 +170,10 @@ def resolve_selection(defs: dg.Definitions, select: str | None) -> list[dg.Asset
     try:
         with warnings.catch_warnings():  # Dagster's parser passes one of its beta parameters
             warnings.simplefilter("ignore", dg.BetaWarning)
-            keys = dg.AssetSelection.from_string(select).resolve(graph)
+            # a table comes with the tables its step writes too (a silver table and its
+            # quarantine, the registry and the OOT reference): one step, one commit each
+            keys = (dg.AssetSelection.from_string(select).required_multi_asset_neighbors()
+                    .resolve(graph))
     except Exception as error:  # Dagster raises several kinds for a bad selection string
         raise UsageError(f"--select {select!r}: {error}") from None
     if not keys:
@@ -217,7 +222,10 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
     start, end = resolve_months(first, last, partitions, source_month_range(config))
     keys = resolve_selection(defs, select)
     run_id = str(uuid.uuid4())
-    problems = preflight(start, end, keys, run_id)
+    try:
+        problems = preflight(start, end, keys, run_id)
+    except SourceError as error:  # a file that cannot be read at all
+        raise SourceError(f"{error}\nnothing was run; published months are unchanged") from None
     if problems:
         raise SourceError("\n".join(problems) + "\nnothing was run; published months are "
                           "unchanged")

@@ -148,6 +148,14 @@ def _months_predicate(months: Iterable[date]) -> str:
     return f"{PARTITION} IN ({listed})"
 
 
+def _staged_schema(files: list[Path]) -> pa.Schema:
+    """One schema for a step's staged files: the groups' schemas unified (a column all NULL in
+    one group and typed in another takes the type), every column nullable (DuckDB writes a
+    column no row of a group leaves empty as required, which Delta would then enforce)."""
+    unified = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    return pa.schema([field.with_nullable(True) for field in unified])
+
+
 def _type_name(kind) -> str:
     """A Delta type as its name: `long`, `string`, `decimal(21,1)`, `struct<...>`."""
     text = str(kind)
@@ -221,11 +229,8 @@ class Publication:
         into the commit's metadata: the lineage a model or a month is reproduced from."""
         if not self.counts:
             return None
-        # DuckDB writes a column with no NULL in a group as required: a later group's NULLs
-        # would break a schema taken from the first file, so every column is nullable here
-        schema = pa.unify_schemas([pa.schema([f.with_nullable(True) for f in pq.read_schema(p)])
-                                   for p in self.files])
-        dataset = ds.dataset([str(f) for f in self.files], format="parquet", schema=schema)
+        dataset = ds.dataset([str(f) for f in self.files], format="parquet",
+                             schema=_staged_schema(self.files))
         self.version, self.added_columns = self.lake._commit(
             self.table, dataset, sorted(self.counts), run_id, input_versions or {})
         return self.version

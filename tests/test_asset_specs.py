@@ -22,6 +22,8 @@ def describe_mapping(mapping: dg.PartitionMapping | None) -> str:
     if mapping is None or isinstance(mapping, dg.IdentityPartitionMapping):
         return "same month"
     if isinstance(mapping, dg.TimeWindowPartitionMapping):
+        if mapping.start_offset == mapping.end_offset == 0:
+            return "same month"
         return f"months {mapping.start_offset:+d}..{mapping.end_offset:+d}"
     if isinstance(mapping, dg.AllPartitionMapping):
         return "every month (looked up)"

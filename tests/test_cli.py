@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import zipfile
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -18,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_assets.demo.generator import generate
+from ml_assets.tables import SILVER_LOAN_DAILY
+from resources.lake import Lake
 from tests.conftest import VINTAGE, run_vintage
 
 
@@ -197,6 +200,25 @@ def test_an_unwritable_warehouse_exits_2(tmp_path):
     assert f"warehouse {blocked / 'wh'} is not writable" in done.stderr
 
 
+@pytest.mark.parametrize("variable", ["VINTAGE_CONTRACTS", "VINTAGE_MODELS"])
+def test_a_missing_contract_or_model_file_exits_2_naming_it(variable, tmp_path):
+    missing = tmp_path / "missing.yaml"
+    done = vintage("run", "--from", "2023-01", "--to", "2023-01",
+                   env={"DAGSTER_HOME": str(tmp_path / "home"), variable: str(missing),
+                        "VINTAGE_WAREHOUSE": str(tmp_path / "wh")}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"{missing} not found (set by {variable}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_generate_into_a_folder_it_cannot_write_exits_2(tmp_path):
+    done = vintage("generate", "--out", "/proc/vintage-demo", "--scale", "0.01",
+                   env={"DAGSTER_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2, done.stderr
+    assert "--out /proc/vintage-demo: cannot write the files" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_generate_takes_an_empty_shift_month_and_a_full_month_key(tmp_path):
     done = vintage("generate", "--out", str(tmp_path / "a"), "--scale", "0.001", "--seed", "0",
                    "--shift-month", "", env={})
@@ -233,13 +255,15 @@ def test_dagster_cli_backfills_a_range_in_one_run(tmp_path):
     dagster = Path(VINTAGE).parent / "dagster"
     done = subprocess.run(
         [str(dagster), "asset", "materialize", "-m", "ml_assets.definitions", "--select",
-         "raw/lms_loan_daily,silver/loan_daily", "--partition-range", "2023-01-01...2023-03-01"],
+         "raw/lms_loan_daily,silver/loan_daily,silver/loan_daily_quarantine",
+         "--partition-range", "2023-01-01...2023-03-01"],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("RUN_SUCCESS") == 1
-    published = sorted(p.name for p in (tmp_path / "wh" / "silver" / "loan_daily").iterdir()
-                       if p.name.startswith("month="))
-    assert published == ["month=2023-01", "month=2023-02", "month=2023-03"]
+    lake = Lake(uri=str(tmp_path / "wh"))
+    assert lake.published_months(SILVER_LOAN_DAILY) == [date(2023, 1, 1), date(2023, 2, 1),
+                                                        date(2023, 3, 1)]
+    assert lake.version(SILVER_LOAN_DAILY) == 0  # the range: one run, one step, one commit
 
 
 # --- progress of a run -----------------------------------------------------------------------

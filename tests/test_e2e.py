@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from ml_assets.definitions import defs
+from ml_assets.definitions import build_definitions
 from ml_assets.demo.generator import generate
 from tests.conftest import VINTAGE
+
+defs = build_definitions()
 
 # One webserver for the module: every test here runs on the same pytest-xdist worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("webserver")]
@@ -148,9 +150,9 @@ def test_the_ui_loads_every_asset_check_job_schedule_and_sensor(webserver):
     assert ("gold/predictions", "one_valid_score_per_loan") in checks
     assert {job["name"] for job in loaded["jobs"]} >= {
         "monthly_pipeline", "stage_ingest", "stage_stores", "stage_training", "stage_scoring",
-        "stage_monitoring"}
+        "stage_monitoring", "warehouse_maintenance"}
     assert {(s["name"], s["scheduleState"]["status"]) for s in loaded["schedules"]} == {
-        ("monthly_close", "STOPPED")}
+        ("monthly_close", "STOPPED"), ("weekly_vacuum", "RUNNING")}
     sensors = {s["name"]: s["sensorState"]["status"] for s in loaded["sensors"]}
     assert sensors["source_files"] == "STOPPED"
     assert sensors["retrain_on_recommendation"] == "STOPPED"

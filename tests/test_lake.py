@@ -250,3 +250,15 @@ def test_a_writer_killed_mid_commit_leaves_the_table_unchanged(lake, con):
     lake.publish(con, TABLE, rows_query(con, [(5, JAN, "e")]), [JAN])
     assert read_rows(lake) == [(5, JAN, "e")]
     assert [p for p in staging.iterdir()] == []
+
+
+def test_a_column_without_nulls_in_its_first_months_takes_nulls_later(lake, con):
+    # DuckDB writes a column no row leaves empty as required; the table must not inherit that
+    lake.publish(con, TABLE, "SELECT 1 AS id, DATE '2024-01-01' AS month, 'a' AS value", [JAN])
+    lake.publish(con, TABLE, "SELECT 2 AS id, DATE '2024-02-01' AS month, NULL::VARCHAR AS value",
+                 [FEB])
+    with lake.publication(TABLE) as publication:  # and across the groups of one step
+        publication.stage(con, "SELECT 3 AS id, DATE '2024-03-01' AS month, 'c' AS value", [MAR])
+        publication.stage(con, "SELECT 4 AS id, DATE '2024-04-01' AS month, NULL AS value",
+                          [date(2024, 4, 1)])
+    assert read_rows(lake, columns="id, value") == [(1, "a"), (2, None), (3, "c"), (4, None)]

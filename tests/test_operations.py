@@ -12,10 +12,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from ml_assets.definitions import defs
+from ml_assets.definitions import build_definitions
 from ml_assets.demo.generator import generate
 from ml_assets.jobs import monthly_pipeline
 from resources.sources import Sources
+
+defs = build_definitions()
 
 
 def test_the_schedule_asks_for_the_month_that_just_closed():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import zipfile
 from datetime import date, datetime
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ml_assets.settings import CONFIG_DIR
 from resources.lake import sql_text
 from resources.sources import SourceError, Sources, locate, month_range, stage
 
@@ -82,7 +82,7 @@ def test_the_source_files_settings_in_the_contracts_reach_the_reader(folder, tmp
 
     from ml_assets.contracts import contracts
 
-    contract = yaml.safe_load(Path("config/contracts.yaml").read_text())
+    contract = yaml.safe_load((CONFIG_DIR / "contracts.yaml").read_text())
     contract["sources"]["features_attributes"].update(delimiter=";", null_values=["-"])
     (tmp_path / "contracts.yaml").write_text(yaml.safe_dump(contract))
     monkeypatch.setenv("VINTAGE_CONTRACTS", str(tmp_path / "contracts.yaml"))
