@@ -47,8 +47,8 @@ def line_chart(months: Sequence, series: Mapping[str, Sequence[float | None]], t
                   markersize=3, label=name)
     for label, level in (bands or {}).items():
         axes.axhline(level, linestyle="--", linewidth=1, color="#b33", alpha=0.6)
-        axes.annotate(label, (months[0], level), fontsize=7, color="#b33",
-                      textcoords="offset points", xytext=(0, 2))
+        axes.annotate(label, (0, level), xycoords=("axes fraction", "data"), fontsize=7,
+                      color="#b33", textcoords="offset points", xytext=(0, 2))
     axes.set_title(title, fontsize=9)
     axes.set_ylabel(ylabel, fontsize=8)
     axes.tick_params(labelsize=7)

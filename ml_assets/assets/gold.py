@@ -126,18 +126,22 @@ def source_coverage_compute(step: Step) -> dict[Table, str]:
             "issues": "; ".join(r[8] for r in month_rows if r[7] != "ok") or "none",
         })
     history = upstream_months(step.rules.coverage_history, step.months, step.partitions)
-    step.metadata(step.months[-1], {"coverage_chart": dg.MetadataValue.md(
-        coverage_chart(step, history[0], step.months[-1]))})
+    chart = coverage_chart(step, history[0], step.months[-1])
+    if chart is not None:
+        step.metadata(step.months[-1], {"coverage_chart": dg.MetadataValue.md(chart)})
     return {SOURCE_COVERAGE: query}
 
 
-def coverage_chart(step: Step, first, last) -> str:
-    """Coverage of each source over the months first..last (the gold_feature_store read)."""
+def coverage_chart(step: Step, first, last) -> str | None:
+    """Coverage of each source over the months first..last (the gold_feature_store read); None
+    when no month in that range has an application (e.g. a month after the last origination)."""
     history = step.con.execute(
         "SELECT application_month, avg(has_attributes::INTEGER), avg(has_financials::INTEGER), "
         "avg((clickstream_months > 0)::INTEGER) FROM gold_feature_store "
         "WHERE application_month BETWEEN $first AND $last GROUP BY ALL ORDER BY 1",
         {"first": first, "last": last}).fetchall()
+    if not history:
+        return None
     months = [folder_label(r[0]) for r in history]
     series = {source: [r[i + 1] for r in history] for i, source in enumerate(COVERED_SOURCES)}
     floors = step.config.coverage.floors
