@@ -79,6 +79,7 @@ CATALOG_FILE = "catalog.duckdb"
 CATALOG_STORAGE_VERSION, CATALOG_STORAGE_NUMBER = "v1.0.0", 64
 _CATALOG_LOCK = ".catalog.lock"
 _CATALOG_DRAFT = ".catalog-draft-"
+_APPLIED_VIEWS = "applied.json"  # in .views/: the views the current catalog holds, by table
 
 
 class LakeError(RuntimeError):
@@ -617,7 +618,12 @@ class Lake(dg.ConfigurableResource):
         Each table's view is kept in `.views/` beside the catalog; `changed` are the tables
         whose view is recomputed from their Delta log now (default: all), the others' views
         come from there. A writer records its tables' views before it takes the lock, and every
-        rebuild reads them all under the lock, so the last rebuild has every latest view.
+        rebuild reads them all under the lock, so the last rebuild has every latest view. With
+        `changed` given, the new catalog is a copy of the current one in which only the views
+        that differ from those it was written with (`.views/applied.json`) are replaced: DuckDB
+        reads a view's file footers when it creates it (25 views cost about 0.1 s a step, the
+        two of a step 0.025 s). Without `changed`, or with no such record, every view is
+        written anew.
         Rebuilds are serialised across processes by a lock file; returns False, leaving the
         catalog as it was, if another process held the lock for `wait_seconds`. Raises
         LakeError if the catalog cannot be written."""
@@ -640,19 +646,32 @@ class Lake(dg.ConfigurableResource):
                                     "with `vintage catalog refresh`", catalog, wait_seconds)
                         return False
                     time.sleep(0.05)
-            views = []
+            # the views the current catalog was written with (None: write every view anew)
+            applied_file = views_dir / _APPLIED_VIEWS
+            applied = None
+            if (changed is not None and applied_file.is_file()
+                    and catalog_storage_number(catalog) == CATALOG_STORAGE_NUMBER):
+                applied = json.loads(applied_file.read_text())
+            wanted = {}
             for table in tables:
                 recorded = views_dir / f"{table.qualified_name}.sql"
-                if not recorded.is_file():
+                if not recorded.is_file() and applied is None:
                     self._record_view(views_dir, table)
-                if recorded.is_file():
-                    views.append(recorded.read_text())
+                wanted[table.qualified_name] = (recorded.read_text() if recorded.is_file()
+                                                else None)
+            base = applied or {}
+            views = [sql for name, sql in wanted.items() if sql and sql != base.get(name)]
+            dropped = [name for name in base if wanted.get(name) is None]
             self._remove_dead_catalog_drafts(catalog.parent)
             draft = catalog.parent / f"{_CATALOG_DRAFT}{os.getpid()}-{uuid.uuid4().hex}.duckdb"
             try:
-                _write_catalog(draft, views)
+                if applied is not None:
+                    shutil.copyfile(catalog, draft)
+                _write_catalog(draft, views, dropped, new=applied is None)
                 os.replace(draft, catalog)
                 _fsync(catalog.parent)
+                _write_atomically(applied_file, json.dumps(
+                    {name: sql for name, sql in wanted.items() if sql}))
             except (OSError, duckdb.Error) as error:
                 raise LakeError(f"catalog {catalog} not written: {error}") from None
             finally:
@@ -666,9 +685,7 @@ class Lake(dg.ConfigurableResource):
         if sql is None:
             recorded.unlink(missing_ok=True)
             return
-        partial = recorded.with_name(f".{recorded.name}.{os.getpid()}.tmp")
-        partial.write_text(sql)
-        os.replace(partial, recorded)
+        _write_atomically(recorded, sql)
 
     @staticmethod
     def _remove_dead_catalog_drafts(folder: Path) -> None:
@@ -707,9 +724,19 @@ class Lake(dg.ConfigurableResource):
         return spill
 
 
-def _write_catalog(path: Path, views: list[str]) -> None:
-    """Write the catalog at `path` with `views` (CREATE VIEW statements, each maybe after a
-    STAND_IN line: its files' names and types are then read from empty stand-ins)."""
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _write_catalog(path: Path, views: list[str], dropped: Iterable[str] = (),
+                   new: bool = True) -> None:
+    """Write `views` (CREATE OR REPLACE VIEW statements, each maybe after a STAND_IN line: its
+    files' names and types are then read from empty stand-ins) into the catalog at `path` and
+    drop the views named in `dropped`, in one transaction: a new file in CATALOG_STORAGE_VERSION
+    with the five schemas when `new`, else the existing file (keeping its storage version)."""
     stand_ins = {}
     for statement in views:
         first, _, rest = statement.partition("\n")
@@ -719,13 +746,17 @@ def _write_catalog(path: Path, views: list[str]) -> None:
     with duckdb.connect() as con:
         if stand_ins:
             con.register_filesystem(stand_in_filesystem(stand_ins))
-        con.execute(f"ATTACH {sql_literal(str(path))} AS draft "
-                    f"(STORAGE_VERSION {sql_literal(CATALOG_STORAGE_VERSION)})")
+        version = f" (STORAGE_VERSION {sql_literal(CATALOG_STORAGE_VERSION)})" if new else ""
+        con.execute(f"ATTACH {sql_literal(str(path))} AS draft{version}")
         con.execute("USE draft")
-        for schema in SCHEMAS:
+        con.execute("BEGIN")
+        for schema in SCHEMAS if new else ():
             con.execute(f"CREATE SCHEMA {schema}")
         for statement in views:
             con.execute(statement)
+        for name in dropped:
+            con.execute(f"DROP VIEW IF EXISTS {name}")
+        con.execute("COMMIT")
         con.execute("USE memory")
         con.execute("DETACH draft")  # checkpoints: the file is whole, with no WAL beside it
     _fsync(path)

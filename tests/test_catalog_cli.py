@@ -1,8 +1,8 @@
 """The catalog opened by the DuckDB command-line client users have (duckdb-cli 1.5.6, a dev
 dependency, so `.venv/bin/duckdb`), by the Python duckdb 2.0 read-only, during and after real
 runs; and an old catalog, written in DuckDB 2.0's own storage format, migrated in place. The
-catalog holds a view per Delta table over its current files, rebuilt whole and renamed into
-place at the end of every step."""
+catalog holds a view per Delta table over its current files, rebuilt (a copy with the changed
+views replaced) and renamed into place at the end of every step."""
 
 from __future__ import annotations
 
@@ -232,3 +232,28 @@ def test_vintage_catalog_refresh_migrates_an_old_catalog(tmp_path):
     assert catalog_storage_number(lake.catalog) == CATALOG_STORAGE_NUMBER
     assert cli_rows(lake.catalog, "SELECT loan_id FROM gold.feature_store") == [
         {"loan_id": "L1"}]
+
+
+def test_a_step_replaces_only_the_views_that_changed_and_picks_up_any_left_behind(tmp_path):
+    other = Table("gold", "other", "month", ("id",))
+    lake = Lake(uri=str(tmp_path / "warehouse"))
+    publish(lake, TABLE, [(1, JAN, "a")], [JAN], [TABLE, other])
+    publish(lake, other, [(7, JAN, "x")], [JAN], [TABLE, other])
+    assert catalog_storage_number(lake.catalog) == CATALOG_STORAGE_NUMBER
+    # a writer that committed and recorded its view but never rebuilt (killed, or timed out
+    # waiting for the lock): the next step's rebuild, of another table, brings its view in
+    with duckdb.connect() as con:
+        lake.publish(con, other, "SELECT 8 AS id, DATE '2024-02-01' AS month, 'y' AS value",
+                     [FEB])
+    lake._record_view(lake.catalog.parent / ".views", other)
+    publish(lake, TABLE, [(2, FEB, "b")], [FEB], [TABLE, other])
+    assert cli_rows(lake.catalog, "SELECT id FROM gold.other ORDER BY id") == [
+        {"id": 7}, {"id": 8}]
+    assert cli_rows(lake.catalog, "SELECT id FROM gold.example ORDER BY id") == [
+        {"id": 1}, {"id": 2}]
+    assert catalog_storage_number(lake.catalog) == CATALOG_STORAGE_NUMBER
+    # a catalog in another format (or none) is written anew, every view in it
+    write_catalog_in_duckdb_2_format(lake, [])
+    publish(lake, TABLE, [(3, FEB, "c")], [FEB], [TABLE, other])
+    assert catalog_storage_number(lake.catalog) == CATALOG_STORAGE_NUMBER
+    assert python_rows(lake.catalog, "SELECT count(*) AS n FROM gold.other") == [{"n": 2}]
