@@ -419,6 +419,90 @@ def test_a_lake_keeps_its_files_beside_its_tables(lake, s3, tmp_path):
     assert local.uri == str(tmp_path / "wh" / "monitoring" / "reports")
 
 
+def small_models():
+    """A LightGBM model and a logistic one trained on a few hundred synthetic rows, and rows
+    to score."""
+    from ml_assets.modeling import train_model
+    from tests.test_modeling import FEATURES, LGBM, LOGISTIC, frame
+
+    train, test = frame(400, 1), frame(200, 2)
+    return ({spec.name: train_model(spec, FEATURES, train, test, seed=42)
+             for spec in (LGBM, LOGISTIC)}, frame(100, 3))
+
+
+def model_stores(bucket_uri, s3, tmp_path):
+    from resources.model_store import ModelStore
+
+    return (ModelStore(uri=f"{bucket_uri}/ml/artifacts", storage_options=s3.options,
+                       scratch_dir=str(tmp_path / "scratch")),
+            ModelStore(uri=str(tmp_path / "folder")))
+
+
+def test_a_model_saved_in_a_bucket_loads_and_digests_as_in_a_folder(s3, bucket_uri, tmp_path):
+    from resources.model_store import ArtifactsMissing, ModelStoreError, files_digest
+
+    models, rows = small_models()
+    bucket, folder = model_stores(bucket_uri, s3, tmp_path)
+    for name, model in models.items():
+        version = f"{name}-2024-07"
+        uri = f"{bucket_uri}/ml/artifacts/{name}/{version}"
+        assert bucket.save(model, name, version) == uri == bucket.version_uri(name, version)
+        local = folder.save(model, name, version)
+        assert local == str(tmp_path / "folder" / name / version)
+        # the registry's digest of a folder version: every file of the folder
+        in_folder = files_digest({p.name: p.read_bytes() for p in Path(local).iterdir()})
+        assert bucket.digest(name, version) == folder.digest(name, version) == in_folder
+        loaded = bucket.load(name, version)
+        assert (loaded.predict(rows) == model.predict(rows)).all()
+        objects = objects_under(s3, uri)
+        assert [o.rsplit("/", 1)[1] for o in objects] == sorted(
+            ["_manifest.json", *(p.name for p in Path(local).iterdir())])
+    assert not list((tmp_path / "scratch").iterdir())  # nothing left on the local disk
+    for store in (bucket, folder):
+        with pytest.raises(ArtifactsMissing, match="model lightgbm-2024-08 has no artifacts "
+                                                   "at .*lightgbm/lightgbm-2024-08"):
+            store.load("lightgbm", "lightgbm-2024-08")
+        with pytest.raises(ModelStoreError, match="invalid model version"):
+            store.digest("lightgbm", "logistic-2024-07")
+
+
+def test_a_model_version_in_a_bucket_is_never_read_as_a_mixture_of_two_saves(s3, bucket_uri,
+                                                                             tmp_path):
+    from resources.model_store import ModelStoreError
+
+    models, rows = small_models()
+    store, _ = model_stores(bucket_uri, s3, tmp_path)
+    files = FileStore(store.uri, s3.options)
+    name, version = "lightgbm", "lightgbm-2024-07"
+    store.save(models["lightgbm"], name, version)
+    first = store.digest(name, version)
+    # a save of other bytes under way: its model text uploaded, its manifest not yet
+    files.write_bytes(f"{name}/{version}/model.txt", b"tree 0 of another training")
+    for read in (store.load, store.digest):
+        with pytest.raises(ModelStoreError, match="model.txt not as its _manifest.json lists "
+                                                  r"\(being saved again"):
+            read(name, version)
+    # the save finishes (here: another model, the logistic one, under the same version): only
+    # its files are left, and they are what loads
+    store.save(models["logistic"], name, version)
+    assert files.list(f"{name}/{version}") == [f"{name}/{version}/_manifest.json",
+                                              f"{name}/{version}/model.json"]
+    assert store.digest(name, version) != first
+    assert (store.load(name, version).predict(rows) == models["logistic"].predict(rows)).all()
+    # a manifest lost or damaged: a clear error, never the files without their manifest
+    files.write_bytes(f"{name}/{version}/_manifest.json", b'{"files": ')
+    with pytest.raises(ModelStoreError, match="unreadable _manifest.json"):
+        store.load(name, version)
+    files.delete(f"{name}/{version}/_manifest.json")
+    with pytest.raises(ModelStoreError, match=r"has no _manifest.json \(being saved again"):
+        store.load(name, version)
+    # a file the manifest lists, gone
+    store.save(models["lightgbm"], name, version)
+    files.delete(f"{name}/{version}/model.txt")
+    with pytest.raises(ModelStoreError, match="model.txt not as its _manifest.json lists"):
+        store.digest(name, version)
+
+
 def test_storage_settings_come_from_the_options_then_the_environment():
     environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "env-key",
                "AWS_SECRET_ACCESS_KEY": "env-secret", "AWS_SESSION_TOKEN": "env-token",
