@@ -625,6 +625,70 @@ def test_vintage_run_into_a_bucket_gives_the_tables_of_a_run_into_a_folder(s3, b
             sum(bucket.month_rows(feature_store, m) for m in months_from(date(2023, 1, 1), 7)),)
 
 
+@pytest.mark.slow
+def test_a_bucket_run_keeps_model_artifacts_and_drift_reports_in_the_bucket(s3, bucket_uri,
+                                                                         tmp_path):
+    """raw to monitoring for 2023-01..2024-01 into a bucket, in process, with a work folder of
+    its own: every model version the registry records is in the bucket (its artifact_path,
+    its digest), predictions loaded the champion from there, the drift report is in the
+    bucket and linked by its s3:// URI; the local work folder holds no artifact or report."""
+    import dagster as dg
+    import yaml
+
+    from ml_assets.definitions import build_resources, load_build, table_specs
+    from ml_assets.demo.generator import generate
+    from ml_assets.settings import CONFIG_DIR, load_settings
+    from ml_assets.spec import table_asset
+    from ml_assets.tables import MODEL_REGISTRY, PREDICTIONS
+    from tests.test_models_delta import one_thread_models_file
+
+    generate(tmp_path / "demo", scale=0.2, seed=3, progress=False)
+    raw = yaml.safe_load((CONFIG_DIR / "vintage.yaml").read_text())
+    raw["paths"] = {**raw["paths"], "source": str(tmp_path / "demo"), "warehouse": bucket_uri,
+                    "work": str(tmp_path / "work"),
+                    "catalog": str(tmp_path / "catalog" / "catalog.duckdb")}
+    raw["storage"] = {**raw.get("storage", {}), "options": s3.options}
+    (tmp_path / "vintage.yaml").write_text(yaml.safe_dump(raw))
+    config = load_settings(tmp_path / "vintage.yaml", environ={})
+    from ml_assets.model_config import load_model_config
+
+    build = load_build(config, load_model_config(one_thread_models_file(tmp_path)))
+    resources = build_resources(config)
+    definitions = dg.Definitions(
+        assets=[table_asset(spec, build) for spec in table_specs(build)], resources=resources,
+        jobs=[dg.define_asset_job("all", selection=dg.AssetSelection.all())],
+        executor=dg.in_process_executor)
+    started = time.monotonic()
+    result = definitions.resolve_job_def("all").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": "2023-01-01",
+              "dagster/asset_partition_range_end": "2024-01-01"})
+    assert result.success, [e.event_specific_data.error.to_string() for e in result.all_events
+                            if e.is_step_failure]
+    print(f"raw to monitoring, 13 months, into a bucket: {time.monotonic() - started:.1f} s")
+
+    lake, store = resources["lake"], resources["model_store"]
+    with duckdb.connect() as con:
+        lake.read(con, "registry", MODEL_REGISTRY, None)
+        records = con.execute("SELECT model_name, model_version, artifact_path, "
+                              "artifact_digest FROM registry").fetchall()
+        lake.read(con, "predictions", PREDICTIONS, None)
+        scored = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
+    assert records and scored > 0
+    for name, version, path, digest in records:
+        assert path == f"{bucket_uri}/ml/artifacts/{name}/{version}"
+        assert objects_under(s3, path) and store.digest(name, version) == digest
+    reports = objects_under(s3, f"{bucket_uri}/reports/drift")
+    assert reports == [f"{bucket_uri.removeprefix('s3://')}/reports/drift/2024-01.html"]
+    drift = next(e.materialization for e in result.get_asset_materialization_events()
+                 if e.asset_key == dg.AssetKey(["monitoring", "drift"])
+                 and e.partition == "2024-01-01")
+    assert drift.metadata["report_path"].value == f"s3://{reports[0]}"
+    work = tmp_path / "work"
+    assert not (work / "artifacts").exists() and not (work / "reports").exists()
+    assert not list(work.rglob("*.html")) and not list((work / "models").glob("*"))
+
+
 def test_bucket_settings_refuse_a_catalog_in_a_bucket_and_take_yaml_booleans(tmp_path):
     import yaml
 
