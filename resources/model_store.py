@@ -126,7 +126,7 @@ class ModelStore(dg.ConfigurableResource):
             self._files.write_bytes(f"{key}/{MANIFEST}", json.dumps(manifest, indent=1)
                                     .encode())
             for stale in set(self._files.list(key)) - {f"{key}/{f}" for f in (*files, MANIFEST)}:
-                self._files.delete(stale)  # files of an earlier save this one has not
+                self._files.delete(stale)  # a file an earlier save had and this one has not
         except StorageError as error:
             raise ModelStoreError(f"model {version} not saved: {error}") from None
         return self.version_uri(name, version)

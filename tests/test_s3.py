@@ -630,8 +630,9 @@ def test_a_bucket_run_keeps_model_artifacts_and_drift_reports_in_the_bucket(s3, 
                                                                          tmp_path):
     """raw to monitoring for 2023-01..2024-01 into a bucket, in process, with a work folder of
     its own: every model version the registry records is in the bucket (its artifact_path,
-    its digest), predictions loaded the champion from there, the drift report is in the
-    bucket and linked by its s3:// URI; the local work folder holds no artifact or report."""
+    its digest), predictions loaded the champion from there, a version reproduces against
+    it, the drift report is in the bucket and linked by its s3:// URI; the local work
+    folder holds no artifact or report."""
     import dagster as dg
     import yaml
 
@@ -678,6 +679,19 @@ def test_a_bucket_run_keeps_model_artifacts_and_drift_reports_in_the_bucket(s3, 
     for name, version, path, digest in records:
         assert path == f"{bucket_uri}/ml/artifacts/{name}/{version}"
         assert objects_under(s3, path) and store.digest(name, version) == digest
+    # `vintage model reproduce` of a version in the bucket: retrained in a temporary folder
+    # store, the same digest as the bucket's artifacts; artifacts gone, named as gone
+    from ml_assets.reproduce import reproduce_model
+
+    name, version, path, _ = records[0]
+    reproduction = reproduce_model(build, lake, store, version)
+    assert reproduction.reproduced, reproduction.findings
+    published = next(f for f in reproduction.findings if f.what == "published artifacts")
+    assert published.detail.startswith(f"{path}: digest ")
+    FileStore(store.uri, s3.options).delete(f"{name}/{version}")
+    published = next(f for f in reproduce_model(build, lake, store, version).findings
+                     if f.what == "published artifacts")
+    assert (published.matched, published.detail) == (False, f"no artifacts at {path}")
     reports = objects_under(s3, f"{bucket_uri}/reports/drift")
     assert reports == [f"{bucket_uri.removeprefix('s3://')}/reports/drift/2024-01.html"]
     drift = next(e.materialization for e in result.get_asset_materialization_events()
