@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -61,8 +60,11 @@ def build_resources(config: Settings) -> dict:
             demo_seed=config.demo.seed,
             demo_shift_month=config.demo.shift_month.strftime("%Y-%m"),
         ),
-        "model_store": ModelStore(path=str(Path(config.warehouse) / "ml" / "artifacts")
-                                  if config.local_warehouse else str(config.work / "artifacts")),
+        # beside the tables: in the bucket for a bucket warehouse, so that a step in another
+        # process or pod loads what an earlier step saved
+        "model_store": ModelStore(uri=f"{config.warehouse.rstrip('/')}/ml/artifacts",
+                                  storage_options=config.storage_options,
+                                  scratch_dir=str(config.work / "models")),
     }
 
 

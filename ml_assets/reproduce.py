@@ -38,7 +38,7 @@ from ml_assets.partitions import time_rules
 from ml_assets.spec import Build, Step, TableSpec, compute_months
 from ml_assets.tables import MODEL_ALIASES, MODEL_REGISTRY, PREDICTIONS, TRAINING_SET
 from resources.lake import Lake, LakeError, Table
-from resources.model_store import ModelStore, artifact_digest
+from resources.model_store import ArtifactsMissing, ModelStore, ModelStoreError
 
 SCORE_TOLERANCE = 1e-12
 SAMPLE = 3  # differing rows named in a finding
@@ -251,7 +251,7 @@ def reproduce_model(build: Build, lake: Lake, store: ModelStore, version: str) -
                                     f"the rebuild has no rows for {folder_label(month)}"))
             return
         with tempfile.TemporaryDirectory(prefix="vintage-reproduce-") as folder:
-            again = train_candidate(model, month, frame, ModelStore(path=folder), config,
+            again = train_candidate(model, month, frame, ModelStore(uri=folder), config,
                                     lineage, trained_in.models.min_oot_auc).record
         findings.append(Finding(
             "data fingerprint", again.data_fingerprint == record.data_fingerprint,
@@ -268,12 +268,24 @@ def reproduce_model(build: Build, lake: Lake, store: ModelStore, version: str) -
 
 
 def _published_artifacts(store: ModelStore, record: ModelRecord) -> Finding:
-    folder = store.version_dir(record.model_name, record.model_version)
-    if not folder.is_dir():
-        return Finding("published artifacts", False, f"no artifacts at {_shown(folder)}")
-    digest = artifact_digest(folder)
+    where, digest = _stored(store, record.model_name, record.model_version)
+    if digest is None:
+        return Finding("published artifacts", False, where)
     return Finding("published artifacts", digest == record.artifact_digest,
-                   f"{_shown(folder)}: digest {digest}, registry {record.artifact_digest}")
+                   f"{where}: digest {digest}, registry {record.artifact_digest}")
+
+
+def _stored(store: ModelStore, name: str, version: str) -> tuple[str, str | None]:
+    """Where the version's artifacts are (shown relative to the working directory when
+    local) and their digest; without one, why (`no artifacts at ...`)."""
+    uri = store.version_uri(name, version)
+    where = uri if store.bucket else _shown(Path(uri))
+    try:
+        return where, store.digest(name, version)
+    except ArtifactsMissing:
+        return f"no artifacts at {where}", None
+    except ModelStoreError as error:
+        return str(error), None
 
 
 # -- a month's predictions --------------------------------------------------------------------
@@ -330,13 +342,12 @@ def _champion_artifacts(lake: Lake, store: ModelStore, month: date, pins: Mappin
         registry_version = lake.commit_metadata(MODEL_ALIASES, deciding)["input_versions"].get(
             MODEL_REGISTRY.qualified_name)
     record = model_record(lake, version, registry_version)
-    folder = store.version_dir(record.model_name, version)
     read = "current" if registry_version is None else f"v{registry_version}"
-    if not folder.is_dir():
-        return Finding("champion artifacts", False, f"no artifacts at {_shown(folder)}")
-    digest = artifact_digest(folder)
+    where, digest = _stored(store, record.model_name, version)
+    if digest is None:
+        return Finding("champion artifacts", False, where)
     return Finding("champion artifacts", digest == record.artifact_digest,
-                   f"{_shown(folder)}: digest {digest}; {MODEL_REGISTRY.qualified_name} {read}, "
+                   f"{where}: digest {digest}; {MODEL_REGISTRY.qualified_name} {read}, "
                    f"which the gate read, recorded {record.artifact_digest}")
 
 

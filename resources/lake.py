@@ -300,9 +300,8 @@ class Lake(dg.ConfigurableResource):
         return options or None
 
     def file_store(self, folder: str) -> FileStore:
-        """The files kept under `folder` of the warehouse (`ml/artifacts`,
-        `monitoring/reports`): a local folder, or the same prefix in the warehouse's bucket
-        with the lake's storage options."""
+        """The files kept under `folder` of the warehouse (`reports`): a local folder, or the
+        same prefix in the warehouse's bucket with the lake's storage options."""
         if self.local:
             return FileStore(str(self.root.resolve() / folder))
         return FileStore(f"{self.uri.rstrip('/')}/{folder.strip('/')}", self.storage_options)

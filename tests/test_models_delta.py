@@ -395,8 +395,8 @@ def test_predictions_reproduce(warehouse, tmp_path):
                                       if f.what == "scores")
     # the champion's artifacts rewritten (the same model, other bytes): not what the gate saw
     champion = next(a for a in rows(copy, MODEL_ALIASES) if a["month"] == month)
-    sidecar = copy.store().version_dir(champion["model_name"],
-                                       champion["model_version"]) / "model.json"
+    sidecar = Path(copy.store().version_uri(champion["model_name"],
+                                            champion["model_version"])) / "model.json"
     sidecar.write_text(json.dumps(json.loads(sidecar.read_text())))
     reproduction = reproduce_predictions(copy.build(), copy.lake(), copy.store(), month)
     assert reproduction.differences == ["scores", "champion artifacts"]

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -31,8 +32,8 @@ from ml_assets.assets.monitoring import (
     drift_rows,
     evidently_drift,
     monitoring_specs,
-    report_path,
-    reports_folder,
+    report_file,
+    report_store,
     write_report,
 )
 from ml_assets.definitions import load_build
@@ -55,6 +56,7 @@ from ml_assets.tables import (
     TRAINING_SET,
 )
 from resources.lake import Lake, LakeError
+from resources.storage import FileStore
 from tests.test_stability_sql import independent_psi
 
 # one worker builds the lake and runs the assets once for every test of the module
@@ -459,9 +461,10 @@ def test_drift_tests_each_column_and_writes_a_report(world: World, drift):
     assert {r["column_name"] for r in stable} == {SCORE, *FEATURES}
     assert all(r["method"] and r["value"] is not None for r in stable)
     for month in SCORED:
-        path = report_path(world.lake, month)
-        assert path.is_file() and path.parent == world.lake.root / "reports" / "drift"
+        path = world.lake.root.resolve() / "reports" / "drift" / f"{month:%Y-%m}.html"
+        assert path.is_file() and report_store(world.lake).uri_of(report_file(month)) == str(path)
         assert month_metadata(drift, DRIFT, month)["report_path"].value == str(path)
+        assert month_metadata(drift, DRIFT, month)["report"].value == path.as_uri()
 
 
 def test_a_column_with_no_value_is_not_drift_tested(world: World, drift):
@@ -518,17 +521,18 @@ def test_evidently_never_crashes_on_a_small_or_degenerate_month(case, tmp_path):
     assert set(tested) | set(notes) == set(numeric + categorical)
     if case in ("a column of NULLs", "a column of infinities"):
         assert notes == {"x": "not tested: no value in the month"}
-    write_report(snapshot, tmp_path / "report.html")
-    assert (tmp_path / "report.html").stat().st_size > 0
+    written = write_report(snapshot, FileStore(str(tmp_path)), date(2024, 5, 1))
+    assert written == str(tmp_path.resolve() / "drift" / "2024-05.html")
+    assert Path(written).stat().st_size > 0
 
 
-def test_drift_reports_of_a_bucket_warehouse_land_in_the_local_work_folder(tmp_path):
+def test_drift_reports_are_kept_beside_the_tables(tmp_path):
     bucket = Lake(uri="s3://bank/warehouse", catalog_path=str(tmp_path / "catalog.duckdb"),
                   work_dir=str(tmp_path / "work"))
-    assert reports_folder(bucket) == (tmp_path / "work").resolve() / "reports"
-    assert report_path(bucket, date(2024, 3, 1)).name == "2024-03.html"
+    assert report_store(bucket).uri_of(report_file(date(2024, 3, 1))) == \
+        "s3://bank/warehouse/reports/drift/2024-03.html"
     local = Lake(uri=str(tmp_path / "warehouse"))
-    assert reports_folder(local) == tmp_path / "warehouse" / "reports"
+    assert report_store(local).uri == str(tmp_path.resolve() / "warehouse" / "reports")
 
 
 def test_drift_reports_can_be_turned_off(world: World, tmp_path):

@@ -419,6 +419,90 @@ def test_a_lake_keeps_its_files_beside_its_tables(lake, s3, tmp_path):
     assert local.uri == str(tmp_path / "wh" / "monitoring" / "reports")
 
 
+def small_models():
+    """A LightGBM model and a logistic one trained on a few hundred synthetic rows, and rows
+    to score."""
+    from ml_assets.modeling import train_model
+    from tests.test_modeling import FEATURES, LGBM, LOGISTIC, frame
+
+    train, test = frame(400, 1), frame(200, 2)
+    return ({spec.name: train_model(spec, FEATURES, train, test, seed=42)
+             for spec in (LGBM, LOGISTIC)}, frame(100, 3))
+
+
+def model_stores(bucket_uri, s3, tmp_path):
+    from resources.model_store import ModelStore
+
+    return (ModelStore(uri=f"{bucket_uri}/ml/artifacts", storage_options=s3.options,
+                       scratch_dir=str(tmp_path / "scratch")),
+            ModelStore(uri=str(tmp_path / "folder")))
+
+
+def test_a_model_saved_in_a_bucket_loads_and_digests_as_in_a_folder(s3, bucket_uri, tmp_path):
+    from resources.model_store import ArtifactsMissing, ModelStoreError, files_digest
+
+    models, rows = small_models()
+    bucket, folder = model_stores(bucket_uri, s3, tmp_path)
+    for name, model in models.items():
+        version = f"{name}-2024-07"
+        uri = f"{bucket_uri}/ml/artifacts/{name}/{version}"
+        assert bucket.save(model, name, version) == uri == bucket.version_uri(name, version)
+        local = folder.save(model, name, version)
+        assert local == str(tmp_path / "folder" / name / version)
+        # the registry's digest of a folder version: every file of the folder
+        in_folder = files_digest({p.name: p.read_bytes() for p in Path(local).iterdir()})
+        assert bucket.digest(name, version) == folder.digest(name, version) == in_folder
+        loaded = bucket.load(name, version)
+        assert (loaded.predict(rows) == model.predict(rows)).all()
+        objects = objects_under(s3, uri)
+        assert [o.rsplit("/", 1)[1] for o in objects] == sorted(
+            ["_manifest.json", *(p.name for p in Path(local).iterdir())])
+    assert not list((tmp_path / "scratch").iterdir())  # nothing left on the local disk
+    for store in (bucket, folder):
+        with pytest.raises(ArtifactsMissing, match="model lightgbm-2024-08 has no artifacts "
+                                                   "at .*lightgbm/lightgbm-2024-08"):
+            store.load("lightgbm", "lightgbm-2024-08")
+        with pytest.raises(ModelStoreError, match="invalid model version"):
+            store.digest("lightgbm", "logistic-2024-07")
+
+
+def test_a_model_version_in_a_bucket_is_never_read_as_a_mixture_of_two_saves(s3, bucket_uri,
+                                                                             tmp_path):
+    from resources.model_store import ModelStoreError
+
+    models, rows = small_models()
+    store, _ = model_stores(bucket_uri, s3, tmp_path)
+    files = FileStore(store.uri, s3.options)
+    name, version = "lightgbm", "lightgbm-2024-07"
+    store.save(models["lightgbm"], name, version)
+    first = store.digest(name, version)
+    # a save of other bytes under way: its model text uploaded, its manifest not yet
+    files.write_bytes(f"{name}/{version}/model.txt", b"tree 0 of another training")
+    for read in (store.load, store.digest):
+        with pytest.raises(ModelStoreError, match="model.txt not as its _manifest.json lists "
+                                                  r"\(being saved again"):
+            read(name, version)
+    # the save finishes (here: another model, the logistic one, under the same version): only
+    # its files are left, and they are what loads
+    store.save(models["logistic"], name, version)
+    assert files.list(f"{name}/{version}") == [f"{name}/{version}/_manifest.json",
+                                              f"{name}/{version}/model.json"]
+    assert store.digest(name, version) != first
+    assert (store.load(name, version).predict(rows) == models["logistic"].predict(rows)).all()
+    # a manifest lost or damaged: a clear error, never the files without their manifest
+    files.write_bytes(f"{name}/{version}/_manifest.json", b'{"files": ')
+    with pytest.raises(ModelStoreError, match="unreadable _manifest.json"):
+        store.load(name, version)
+    files.delete(f"{name}/{version}/_manifest.json")
+    with pytest.raises(ModelStoreError, match=r"has no _manifest.json \(being saved again"):
+        store.load(name, version)
+    # a file the manifest lists, gone
+    store.save(models["lightgbm"], name, version)
+    files.delete(f"{name}/{version}/model.txt")
+    with pytest.raises(ModelStoreError, match="model.txt not as its _manifest.json lists"):
+        store.digest(name, version)
+
+
 def test_storage_settings_come_from_the_options_then_the_environment():
     environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "env-key",
                "AWS_SECRET_ACCESS_KEY": "env-secret", "AWS_SESSION_TOKEN": "env-token",
@@ -539,6 +623,84 @@ def test_vintage_run_into_a_bucket_gives_the_tables_of_a_run_into_a_folder(s3, b
         feature_store = next(t for t in tables if t.name == "feature_store")
         assert con.execute("SELECT count(*) FROM gold.feature_store").fetchall()[0] == (
             sum(bucket.month_rows(feature_store, m) for m in months_from(date(2023, 1, 1), 7)),)
+
+
+@pytest.mark.slow
+def test_a_bucket_run_keeps_model_artifacts_and_drift_reports_in_the_bucket(s3, bucket_uri,
+                                                                         tmp_path):
+    """raw to monitoring for 2023-01..2024-01 into a bucket, in process, with a work folder of
+    its own: every model version the registry records is in the bucket (its artifact_path,
+    its digest), predictions loaded the champion from there, a version reproduces against
+    it, the drift report is in the bucket and linked by its s3:// URI; the local work
+    folder holds no artifact or report."""
+    import dagster as dg
+    import yaml
+
+    from ml_assets.definitions import build_resources, load_build, table_specs
+    from ml_assets.demo.generator import generate
+    from ml_assets.settings import CONFIG_DIR, load_settings
+    from ml_assets.spec import table_asset
+    from ml_assets.tables import MODEL_REGISTRY, PREDICTIONS
+    from tests.test_models_delta import one_thread_models_file
+
+    generate(tmp_path / "demo", scale=0.2, seed=3, progress=False)
+    raw = yaml.safe_load((CONFIG_DIR / "vintage.yaml").read_text())
+    raw["paths"] = {**raw["paths"], "source": str(tmp_path / "demo"), "warehouse": bucket_uri,
+                    "work": str(tmp_path / "work"),
+                    "catalog": str(tmp_path / "catalog" / "catalog.duckdb")}
+    raw["storage"] = {**raw.get("storage", {}), "options": s3.options}
+    (tmp_path / "vintage.yaml").write_text(yaml.safe_dump(raw))
+    config = load_settings(tmp_path / "vintage.yaml", environ={})
+    from ml_assets.model_config import load_model_config
+
+    build = load_build(config, load_model_config(one_thread_models_file(tmp_path)))
+    resources = build_resources(config)
+    definitions = dg.Definitions(
+        assets=[table_asset(spec, build) for spec in table_specs(build)], resources=resources,
+        jobs=[dg.define_asset_job("all", selection=dg.AssetSelection.all())],
+        executor=dg.in_process_executor)
+    started = time.monotonic()
+    result = definitions.resolve_job_def("all").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": "2023-01-01",
+              "dagster/asset_partition_range_end": "2024-01-01"})
+    assert result.success, [e.event_specific_data.error.to_string() for e in result.all_events
+                            if e.is_step_failure]
+    print(f"raw to monitoring, 13 months, into a bucket: {time.monotonic() - started:.1f} s")
+
+    lake, store = resources["lake"], resources["model_store"]
+    with duckdb.connect() as con:
+        lake.read(con, "registry", MODEL_REGISTRY, None)
+        records = con.execute("SELECT model_name, model_version, artifact_path, "
+                              "artifact_digest FROM registry").fetchall()
+        lake.read(con, "predictions", PREDICTIONS, None)
+        scored = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
+    assert records and scored > 0
+    for name, version, path, digest in records:
+        assert path == f"{bucket_uri}/ml/artifacts/{name}/{version}"
+        assert objects_under(s3, path) and store.digest(name, version) == digest
+    # `vintage model reproduce` of a version in the bucket: retrained in a temporary folder
+    # store, the same digest as the bucket's artifacts; artifacts gone, named as gone
+    from ml_assets.reproduce import reproduce_model
+
+    name, version, path, _ = records[0]
+    reproduction = reproduce_model(build, lake, store, version)
+    assert reproduction.reproduced, reproduction.findings
+    published = next(f for f in reproduction.findings if f.what == "published artifacts")
+    assert published.detail.startswith(f"{path}: digest ")
+    FileStore(store.uri, s3.options).delete(f"{name}/{version}")
+    published = next(f for f in reproduce_model(build, lake, store, version).findings
+                     if f.what == "published artifacts")
+    assert (published.matched, published.detail) == (False, f"no artifacts at {path}")
+    reports = objects_under(s3, f"{bucket_uri}/reports/drift")
+    assert reports == [f"{bucket_uri.removeprefix('s3://')}/reports/drift/2024-01.html"]
+    drift = next(e.materialization for e in result.get_asset_materialization_events()
+                 if e.asset_key == dg.AssetKey(["monitoring", "drift"])
+                 and e.partition == "2024-01-01")
+    assert drift.metadata["report_path"].value == f"s3://{reports[0]}"
+    work = tmp_path / "work"
+    assert not (work / "artifacts").exists() and not (work / "reports").exists()
+    assert not list(work.rglob("*.html")) and not list((work / "models").glob("*"))
 
 
 def test_bucket_settings_refuse_a_catalog_in_a_bucket_and_take_yaml_booleans(tmp_path):

@@ -52,7 +52,7 @@ from ml_assets.tables import (
     TRAINING_SET,
 )
 from resources.lake import MONTHS_KEY, Lake, LakeError, Table
-from resources.model_store import ModelStore, artifact_digest, code_version
+from resources.model_store import ModelStore, code_version
 
 ALIAS = "champion"
 CHAMPION = asset_key(MODEL_ALIASES)  # the champion gate's asset, ml/model_aliases
@@ -361,7 +361,7 @@ def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: M
     summary = {split: metrics.summary(part["label"], scores[split])
                for split, part in parts.items()}
     version = f"{model.name}-{month:%Y-%m}"
-    folder = store.save(fitted, model.name, version)
+    artifact_uri = store.save(fitted, model.name, version)
     oot_scores = scores["oot"]
     checks = {
         "scores_valid": (bool(np.isfinite(oot_scores).all()
@@ -392,7 +392,7 @@ def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: M
         oot_brier=summary["oot"]["brier"], metrics=json.dumps(summary, sort_keys=True),
         checks_passed=all(passed for passed, _ in checks.values()),
         checks=json.dumps({n: passed for n, (passed, _) in checks.items()}, sort_keys=True),
-        artifact_path=str(folder), artifact_digest=artifact_digest(folder),
+        artifact_path=artifact_uri, artifact_digest=store.digest(model.name, version),
         code_version=code_version(), trained_at=_now(),
         input_versions=json.dumps(dict(input_versions), sort_keys=True),
         training_config=config.to_json(),

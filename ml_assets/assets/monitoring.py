@@ -13,7 +13,6 @@ Every threshold comes from `monitoring:` in the settings, passed to the function
 from __future__ import annotations
 
 import json
-import os
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
@@ -61,6 +60,7 @@ from ml_assets.tables import (
     TRAINING_SET,
 )
 from resources.lake import Lake, Table
+from resources.storage import FileStore, is_bucket
 
 SCORE = "score"
 TOP = 10
@@ -487,14 +487,20 @@ DRIFT_SCHEMA = pa.schema([
 ])
 
 
-def reports_folder(lake: Lake) -> Path:
-    """Where the HTML reports go: `<warehouse>/reports` for a folder warehouse; for a bucket,
-    `<work>/reports` in the lake's local work folder, so that a browser can open them."""
-    return (lake.root if lake.local else lake.work) / "reports"
+def report_store(lake: Lake) -> FileStore:
+    """Where the HTML reports go: `<warehouse>/reports`, a folder or the same prefix in the
+    warehouse's bucket (so that a step in any process or pod writes them in one place)."""
+    return lake.file_store("reports")
 
 
-def report_path(lake: Lake, month: date) -> Path:
-    return reports_folder(lake) / "drift" / f"{folder_label(month)}.html"
+def report_file(month: date) -> str:
+    """A month's drift report in the report store: `drift/YYYY-MM.html`."""
+    return f"drift/{folder_label(month)}.html"
+
+
+def report_link(uri: str) -> str:
+    """A URL for a report's URI: itself for `s3://`, a `file://` URL for a local path."""
+    return uri if is_bucket(uri) else Path(uri).as_uri()
 
 
 def preload_evidently() -> threading.Thread:
@@ -572,12 +578,11 @@ def _values(column: pd.Series) -> int:
     return int(column.notna().sum())
 
 
-def write_report(snapshot, path: Path) -> None:
-    """Save the report's HTML at `path`, whole or not at all (written aside, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    snapshot.save_html(str(partial))
-    os.replace(partial, path)
+def write_report(snapshot, store: FileStore, month: date) -> str:
+    """Save the report's HTML as report_file(month) of `store`, whole or not at all; returns
+    its URI (a local path, or `s3://...`). Raises StorageError when it cannot be written."""
+    html = snapshot.get_html_str(as_iframe=False).encode()
+    return store.write_bytes(report_file(month), html)
 
 
 def drift_compute(step: Step) -> dict[Table, str]:
@@ -585,7 +590,7 @@ def drift_compute(step: Step) -> dict[Table, str]:
     the score and the champion's most important features against its OOT reference, one row
     per column (a column with no value on a side is listed, not tested; a feature of a source
     below its coverage floor is noted as tested during an outage), and the HTML report at
-    `report_path` (linked from the month's metadata)."""
+    report_file(month) of report_store (linked from the month's metadata)."""
     thresholds, con = step.config.monitoring, step.con
     rows: list[dict] = []
     champions = read_champions(step) if thresholds.drift_report else {}
@@ -621,8 +626,7 @@ def drift_compute(step: Step) -> dict[Table, str]:
         snapshot = evidently_drift(reference, current,
                                    [c for c in [SCORE, *numeric] if c in tested],
                                    [c for c in categorical if c in tested])
-        path = report_path(step.lake, month)
-        write_report(snapshot, path)
+        report = write_report(snapshot, report_store(step.lake), month)
         month_rows = drift_rows(snapshot, month, version)
         outages = failing.get(month, {})
         for row in month_rows:
@@ -636,8 +640,8 @@ def drift_compute(step: Step) -> dict[Table, str]:
         drifted = sorted(r["column_name"] for r in month_rows if r["drifted"])
         step.metadata(month, {
             "model_version": version,
-            "report": dg.MetadataValue.url(path.resolve().as_uri()),
-            "report_path": dg.MetadataValue.path(str(path)),
+            "report": dg.MetadataValue.url(report_link(report)),
+            "report_path": dg.MetadataValue.path(report),
             "columns_drifted": len(drifted),
             "share_drifted": len(drifted) / len(month_rows) if month_rows else 0.0,
             "drifted": ", ".join(drifted) or "none",
@@ -646,7 +650,7 @@ def drift_compute(step: Step) -> dict[Table, str]:
             **({"sources_in_outage": ", ".join(sorted(outages))} if outages else {}),
         })
     step.result_metadata["reports_folder"] = dg.MetadataValue.path(
-        str(reports_folder(step.lake) / "drift"))
+        report_store(step.lake).uri_of("drift"))
     con.register("drift_rows", pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA))
     return {DRIFT: "SELECT * FROM drift_rows"}
 
