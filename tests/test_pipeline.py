@@ -70,7 +70,8 @@ def test_catalog_has_every_table_populated(demo):
         expected = {"raw.lms_loan_daily", "raw.feature_clickstream", "raw.features_attributes",
                     "raw.features_financials", "silver.loan_daily", "silver.clickstream",
                     "silver.attributes", "silver.financials", "gold.label_store",
-                    "gold.feature_store"}
+                    "gold.feature_store", "analytics.vintage_curve", "analytics.roll_rate",
+                    "monitoring.early_read_performance", "monitoring.segment_performance"}
         assert expected <= views
         for view in expected:
             assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] > 0, view

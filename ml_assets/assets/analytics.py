@@ -19,7 +19,6 @@ from resources.lake import Table, sql_text
 
 # the order of sql/macros.sql delinquency_bucket, best to worst, closed first
 BUCKETS = ("closed", "current", "1-29", "30-59", "60-89", "90+")
-VINTAGE_CHART = "vintage_chart"
 
 # -- vintage curve ----------------------------------------------------------------------------
 
@@ -28,8 +27,8 @@ def vintage_curve_compute(step: Step) -> dict[Table, str]:
     """analytics.vintage_curve (sql/analytics/vintage_curve.sql): per snapshot month, each
     cohort followed (started within analytics.vintage_max_mob months) at its mob. Checks per
     month: every loan-month of a followed cohort counted once, and the rates ordered
-    (ever 30 >= ever 60 >= ever 90 dpd; delinquent + closed <= 1). The last month's
-    materialisation draws the curve of every cohort it follows, one line each."""
+    (ever 30 >= ever 60 >= ever 90 dpd; delinquent + closed <= 1). The materialisation of the
+    last month computed draws the curve of every cohort it follows, one line each."""
     con = step.con
     con.register("vintage_window", window_pairs(step.rules.vintage_history, step.months,
                                                 step.partitions))
@@ -65,8 +64,8 @@ def vintage_curve_compute(step: Step) -> dict[Table, str]:
 
 def vintage_chart(step: Step, month: date) -> str | None:
     """The ever-30-dpd curve of every cohort `month` follows, one line per cohort over mob: the
-    same SQL over the pairs (m, u) of the months m <= u of `month`'s window (which holds those
-    cohorts' whole history). None when the window has no loans."""
+    same SQL over the pairs (m, u), u <= m, of the months of `month`'s window (which holds
+    those cohorts' whole history). None when the window has no loans."""
     history = upstream_months(step.rules.vintage_history, [month], step.partitions)
     pairs = [(m, u) for m in history for u in history if u <= m]
     step.con.register("vintage_window", pa.table({

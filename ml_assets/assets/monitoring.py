@@ -1,5 +1,6 @@
-"""Monitoring: stability every prediction month, performance when labels mature, an evidently
-drift report, a retain / watch / retrain / data_outage recommendation and a summary with plots.
+"""Monitoring: stability every prediction month, performance when labels mature (the target's,
+with its AUC by segment, and the early read's, sooner), an evidently drift report, a retain /
+watch / retrain / data_outage recommendation and a summary with plots.
 
 The reference of a prediction month is its champion's out-of-time set: the OOT rows of the
 training set the champion was trained on (features) and ml.score_reference (scores), both read
@@ -901,8 +902,9 @@ def summary_plots(con: duckdb.DuckDBPyConnection, thresholds: MonitoringSettings
 
 
 def monitoring_specs(build: Build) -> list[TableSpec]:
-    """Stability, performance, drift, the recommendation and the summary, with their checks
-    (thresholds from `build.config.monitoring`)."""
+    """Stability, performance (and segment performance), early-read performance, drift, the
+    recommendation and the summary, with their checks (thresholds from
+    `build.config.monitoring`)."""
     thresholds, rules = build.config.monitoring, build.rules
     scored = (Input(PREDICTIONS, "gold_predictions"),
               Input(FEATURE_STORE, "gold_feature_store"),
