@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from ml_assets.assets.gold import label_definitions
 from ml_assets.settings import settings
 from resources.lake import sql_text
 from resources.sources import SOURCE_NAMES
@@ -44,9 +45,8 @@ def run(source: Path, out: Path) -> dict[str, float]:
         con.execute(f"CREATE TABLE silver_{table} AS SELECT {KEPT} FROM "
                     f"({sql_text(f'silver/{table}')}) WHERE _reject_reason IS NULL")
     seconds["silver"] = time.monotonic() - started - seconds["raw"]
-    label = settings().label
-    con.execute(f"CREATE TABLE gold_label_store AS {sql_text('gold/label_store')}",
-                {"label_dpd": label.dpd, "label_mob": label.mob, "label_def": label.name})
+    con.register("label_definitions", label_definitions(settings()))
+    con.execute(f"CREATE TABLE gold_label_store AS {sql_text('gold/label_store')}")
     lookback = settings().clickstream_lookback_months
     con.execute(
         "CREATE TABLE clickstream_window AS SELECT month, (month - to_months(back))::DATE AS "

@@ -1,8 +1,8 @@
-"""The checks every silver and gold table has: keys unique within a month, and no personal
-data. Evaluated per month, also inside a run that covers a range of months: Dagster attaches an
-`AssetCheckResult` to the run's single partition, which a single-run backfill does not have,
-so every check result is an `AssetCheckEvaluation` of its month (Dagster records each against
-its month and still stops downstream steps when a blocking one fails with ERROR)."""
+"""The checks every silver, gold and analytics table has: keys unique within a month, and no
+personal data. Evaluated per month, also inside a run that covers a range of months: Dagster
+attaches an `AssetCheckResult` to the run's single partition, which a single-run backfill does
+not have, so every check result is an `AssetCheckEvaluation` of its month (Dagster records each
+against its month and still stops downstream steps when a blocking one fails with ERROR)."""
 
 import re
 from datetime import date
@@ -25,8 +25,8 @@ TABLE_CHECKS = {
 
 def table_check_specs(table: Table, partitions: dg.PartitionsDefinition
                       ) -> list[dg.AssetCheckSpec]:
-    """The table checks of a silver or gold table (none for the others)."""
-    if table.schema not in ("silver", "gold"):
+    """The table checks of a silver, gold or analytics table (none for the others)."""
+    if table.schema not in ("silver", "gold", "analytics"):
         return []
     key = dg.AssetKey([table.schema, table.name])
     return [dg.AssetCheckSpec(name, asset=key, partitions_def=partitions,
@@ -37,7 +37,7 @@ def table_check_specs(table: Table, partitions: dg.PartitionsDefinition
 def evaluate_table_checks(con: duckdb.DuckDBPyConnection, table: Table, query: str,
                           months: list[date]) -> list[AssetCheckEvaluation]:
     """The table checks of each month of `query`'s rows (before they are published)."""
-    if table.schema not in ("silver", "gold"):
+    if table.schema not in ("silver", "gold", "analytics"):
         return []
     relation = con.sql(f"SELECT * FROM ({query}) LIMIT 0")
     personal = [c for c in relation.columns

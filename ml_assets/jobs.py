@@ -6,7 +6,7 @@ import dagster as dg
 monthly_pipeline = dg.define_asset_job(
     "monthly_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Every monthly asset, raw to monitoring, for the chosen months.",
+    description="Every monthly asset, raw to monitoring and analytics, for the chosen months.",
 )
 
 groups, keys = dg.AssetSelection.groups, dg.AssetSelection.assets
@@ -19,6 +19,7 @@ STAGES = {
                  "Training sets, candidate models and the champion gate"),
     "scoring": (keys(["gold", "predictions"]), "Predictions by the champion of the month"),
     "monitoring": (groups("monitoring"), "Stability, drift, performance, recommendation, summary"),
+    "analytics": (groups("analytics"), "Vintage curves and roll rates of the loan book"),
 }
 
 stage_jobs = [dg.define_asset_job(f"stage_{name}", selection=selection, description=description)

@@ -63,7 +63,12 @@ class TimeRules:
       T-window..T-1 (labels observed before T only) and their application months, `mob`
       months earlier, in the feature store;
     - matured: the performance of label month L is measured on the predictions of L - mob;
-    - previous: the month before (the champion gate goes month by month)."""
+    - early_read_matured: and on the early read's, of L - label.early_read.mob;
+    - previous: the month before (the champion gate goes month by month);
+    - vintage_history: a vintage-curve month reads the loan months of the cohorts it follows,
+      up to analytics.vintage_max_mob months before it, for each loan's worst dpd so far;
+    - roll: a roll-rate month reads itself and the month before (each loan's previous bucket).
+    """
 
     clickstream: dg.TimeWindowPartitionMapping
     coverage_trailing: dg.TimeWindowPartitionMapping
@@ -71,7 +76,10 @@ class TimeRules:
     training_labels: dg.TimeWindowPartitionMapping
     training_features: dg.TimeWindowPartitionMapping
     matured: dg.TimeWindowPartitionMapping
+    early_read_matured: dg.TimeWindowPartitionMapping
     previous: dg.TimeWindowPartitionMapping
+    vintage_history: dg.TimeWindowPartitionMapping
+    roll: dg.TimeWindowPartitionMapping
 
 
 def time_rules(config: Settings, window_months: int) -> TimeRules:
@@ -83,7 +91,10 @@ def time_rules(config: Settings, window_months: int) -> TimeRules:
         training_labels=window(-window_months, -1),
         training_features=window(-window_months - mob, -1 - mob),
         matured=window(-mob, -mob),
+        early_read_matured=window(-config.early_read.mob, -config.early_read.mob),
         previous=window(-1, -1),
+        vintage_history=window(-config.analytics.vintage_max_mob, 0),
+        roll=window(-1, 0),
     )
 
 

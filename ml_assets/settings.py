@@ -36,6 +36,8 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class LabelDefinition:
+    """Default = dpd >= `dpd` at months on book `mob`; named `{dpd}dpd_{mob}mob`."""
+
     dpd: int
     mob: int
 
@@ -92,11 +94,19 @@ class MonitoringSettings:
     psi_act: float
     psi_floor: float
     auc_floor: float
+    early_read_auc_floor: float
     max_auc_drop: float
     outage_missing_increase: float
     min_loans: int
     drift_report: bool
     drift_report_features: int | None
+    segment_column: str = "occupation"  # a gold.feature_store column: AUC by its values
+
+
+@dataclass(frozen=True)
+class AnalyticsSettings:
+    vintage_max_mob: int  # the vintage curve follows each cohort up to this mob
+    max_roll_from_current: float  # WARN above this share of current loans rolling delinquent
 
 
 EXECUTORS = ("in_process", "multiprocess", "k8s", "celery")
@@ -118,14 +128,22 @@ class Settings:
     demo: DemoSettings
     first_month: date | None
     last_month: date | None
-    label: LabelDefinition
+    label: LabelDefinition  # the target: what models learn and are judged on
+    early_read: LabelDefinition  # an earlier label, matured sooner, monitored beside the target
     clickstream_lookback_months: int
     checks: CheckSettings
     coverage: CoverageSettings
     monitoring: MonitoringSettings
+    analytics: AnalyticsSettings
     duckdb_threads: int | None
     duckdb_memory_limit: str | None
     batch_rows: int
+
+    @property
+    def label_definitions(self) -> tuple[LabelDefinition, ...]:
+        """Every label definition the label store holds: the target first, then the early
+        read."""
+        return (self.label, self.early_read)
 
     @property
     def source_folder(self) -> Path:
@@ -239,12 +257,14 @@ def _monitoring(raw: dict) -> MonitoringSettings:
         psi_act=float(raw.get("psi_act", 0.25)),
         psi_floor=float(raw.get("psi_floor", 1e-4)),
         auc_floor=float(raw.get("auc_floor", 0.70)),
+        early_read_auc_floor=float(raw.get("early_read_auc_floor", 0.65)),
         max_auc_drop=float(raw.get("max_auc_drop", 0.05)),
         outage_missing_increase=_share(raw.get("outage_missing_increase", 0.3),
                                        "monitoring.outage_missing_increase"),
         min_loans=_positive_int(raw.get("min_loans", 50), "monitoring.min_loans"),
         drift_report=bool(raw.get("drift_report", True)),
         drift_report_features=raw.get("drift_report_features", 15),
+        segment_column=str(raw.get("segment_column", "occupation")),
     )
     if values.drift_report_features is not None and (
             not isinstance(values.drift_report_features, int) or values.drift_report_features < 1):
@@ -254,6 +274,24 @@ def _monitoring(raw: dict) -> MonitoringSettings:
     if not 0 < values.psi_floor < 0.01:
         raise SettingsError("monitoring.psi_floor: expected a small positive number")
     return values
+
+
+def _early_read(label: dict) -> LabelDefinition:
+    early = label.get("early_read") or {}
+    definition = LabelDefinition(
+        dpd=_positive_int(early.get("dpd", 30), "label.early_read.dpd"),
+        mob=_positive_int(early.get("mob", 3), "label.early_read.mob"))
+    if definition.mob >= _positive_int(label.get("mob", 6), "label.mob"):
+        raise SettingsError("label.early_read.mob: must be before the target's label.mob")
+    return definition
+
+
+def _analytics(raw: dict) -> AnalyticsSettings:
+    return AnalyticsSettings(
+        vintage_max_mob=_positive_int(raw.get("vintage_max_mob", 24), "analytics.vintage_max_mob"),
+        max_roll_from_current=_share(raw.get("max_roll_from_current", 0.15),
+                                     "analytics.max_roll_from_current"),
+    )
 
 
 def load_settings(config_file: Path | None = None, environ: dict | None = None) -> Settings:
@@ -294,6 +332,7 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
             dpd=_positive_int(label.get("dpd", 30), "label.dpd"),
             mob=_positive_int(label.get("mob", 6), "label.mob"),
         ),
+        early_read=_early_read(label),
         clickstream_lookback_months=_positive_int(
             raw.get("features", {}).get("clickstream_lookback_months", 3),
             "features.clickstream_lookback_months",
@@ -301,6 +340,7 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
         checks=_checks(raw.get("checks", {})),
         coverage=_coverage(raw.get("coverage") or {}),
         monitoring=_monitoring(raw.get("monitoring", {})),
+        analytics=_analytics(raw.get("analytics") or {}),
         duckdb_threads=duck.get("threads"),
         duckdb_memory_limit=duck.get("memory_limit"),
         batch_rows=_positive_int(duck.get("max_rows_per_batch", 3_000_000),

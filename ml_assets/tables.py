@@ -41,9 +41,10 @@ def quarantine_of(table: Table) -> Table:
                  "rejected source row")
 
 
-LABEL_STORE = Table("gold", "label_store", "snapshot_date", ("loan_id",),
-                    "One label per loan at its label month (observation month)",
-                    "loan at its label month")
+LABEL_STORE = Table("gold", "label_store", "snapshot_date", ("loan_id", "label_def"),
+                    "One label per loan and label definition (the target, the early read) at "
+                    "its label month (observation month)",
+                    "loan x label definition at its label month")
 FEATURE_STORE = Table("gold", "feature_store", "application_month", ("loan_id",),
                       "One row per loan with the features known at its application month",
                       "loan at its application month")
@@ -73,6 +74,14 @@ STABILITY = Table("monitoring", "stability", "month", ("variable",),
 PERFORMANCE = Table("monitoring", "performance", "month", ("model_version",),
                     "Per label month: AUC, Gini, KS of the predictions made mob months earlier",
                     "label month x model version")
+EARLY_READ_PERFORMANCE = Table(
+    "monitoring", "early_read_performance", "month", ("model_version",),
+    "Per label month of the early read: AUC, Gini, KS of the predictions made early_read.mob "
+    "months earlier, against the early-read label", "early-read label month x model version")
+SEGMENT_PERFORMANCE = Table(
+    "monitoring", "segment_performance", "month", ("model_version", "segment"),
+    "Per label month: AUC and Gini of the matured predictions by segment (the value of "
+    "monitoring.segment_column)", "label month x model version x segment")
 DRIFT = Table("monitoring", "drift", "month", ("column_name",),
               "Per prediction month: evidently's drift test of each model feature",
               "prediction month x column")
@@ -81,10 +90,19 @@ RECOMMENDATION = Table("monitoring", "recommendation", "month", ("month",),
 SUMMARY = Table("monitoring", "summary", "month", ("month",),
                 "Per month: stability, performance and the recommendation in one row", "month")
 
+VINTAGE_CURVE = Table("analytics", "vintage_curve", "month", ("cohort_month", "mob"),
+                      "Per snapshot month: each origination cohort at its months on book, with "
+                      "its ever-30/60/90 dpd, currently delinquent and closed rates",
+                      "snapshot month x cohort x mob")
+ROLL_RATE = Table("analytics", "roll_rate", "month", ("from_bucket", "to_bucket"),
+                  "Per snapshot month: loans moving between delinquency buckets since the month "
+                  "before, counts and rates", "snapshot month x from bucket x to bucket")
+
 
 def all_tables() -> tuple[Table, ...]:
     """Every table the platform publishes, quarantines included."""
     return (*RAW_TABLES.values(), *SILVER_TABLES, *map(quarantine_of, SILVER_TABLES),
             LABEL_STORE, FEATURE_STORE, SOURCE_COVERAGE, TRAINING_SET, MODEL_REGISTRY,
-            SCORE_REFERENCE, MODEL_ALIASES, PREDICTIONS, STABILITY, PERFORMANCE, DRIFT,
-            RECOMMENDATION, SUMMARY)
+            SCORE_REFERENCE, MODEL_ALIASES, PREDICTIONS, STABILITY, PERFORMANCE,
+            EARLY_READ_PERFORMANCE, SEGMENT_PERFORMANCE, DRIFT,
+            RECOMMENDATION, SUMMARY, VINTAGE_CURVE, ROLL_RATE)

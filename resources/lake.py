@@ -61,7 +61,7 @@ from resources.storage import (
 
 log = logging.getLogger(__name__)
 
-SCHEMAS = ("raw", "silver", "gold", "ml", "monitoring")
+SCHEMAS = ("raw", "silver", "gold", "ml", "monitoring", "analytics")
 PARTITION = "month"  # every table's partition column: the first day of its rows' month
 MONTHS_KEY = "vintage.months"  # the commit metadata naming the months a commit published
 INPUTS_KEY = "vintage.input_versions"  # ... and the version of every table its step read
@@ -608,7 +608,7 @@ class Lake(dg.ConfigurableResource):
 
     def refresh_catalog(self, tables: Iterable[Table], changed: Iterable[Table] | None = None,
                         wait_seconds: float = 30.0) -> bool:
-        """Rebuild `catalog.duckdb`: the five schemas and a view per table of `tables` that has
+        """Rebuild `catalog.duckdb`: the schemas (SCHEMAS) and a view per table of `tables` that has
         a commit, in storage version CATALOG_STORAGE_VERSION so that every DuckDB from 1.0 on
         opens it. The new catalog is written beside the old one and renamed over it, so a
         reader (a user's shell, read-only or not) sees the old catalog or the new one, never a
@@ -735,7 +735,7 @@ def _write_catalog(path: Path, views: list[str], dropped: Iterable[str] = (),
     """Write `views` (CREATE OR REPLACE VIEW statements, each maybe after a STAND_IN line: its
     files' names and types are then read from empty stand-ins) into the catalog at `path` and
     drop the views named in `dropped`, in one transaction: a new file in CATALOG_STORAGE_VERSION
-    with the five schemas when `new`, else the existing file (keeping its storage version)."""
+    when `new`, else the existing file (keeping its storage version); every schema of SCHEMAS."""
     stand_ins = {}
     for statement in views:
         first, _, rest = statement.partition("\n")
@@ -749,8 +749,8 @@ def _write_catalog(path: Path, views: list[str], dropped: Iterable[str] = (),
         con.execute(f"ATTACH {sql_literal(str(path))} AS draft{version}")
         con.execute("USE draft")
         con.execute("BEGIN")
-        for schema in SCHEMAS if new else ():
-            con.execute(f"CREATE SCHEMA {schema}")
+        for schema in SCHEMAS:  # a catalog written before a schema was added gains it
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         for statement in views:
             con.execute(statement)
         for name in dropped:

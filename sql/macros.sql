@@ -86,3 +86,14 @@ CREATE OR REPLACE MACRO clean_category(text, allowed) AS {
     'not_allowed': coalesce(trim(text) <> '' AND (is_placeholder(text)
                    OR (len(allowed) > 0 AND NOT list_contains(allowed, trim(text)))), false)
 };
+
+-- The delinquency bucket of a loan-month (silver.loan_daily's dpd and balance), in the order
+-- risk teams read a roll-rate matrix: closed (nothing left to pay: balance <= 0), current
+-- (0 dpd), 1-29, 30-59, 60-89, 90+. Used by the vintage curve and the roll rates alike.
+CREATE OR REPLACE MACRO delinquency_bucket(dpd, balance) AS
+    CASE WHEN balance <= 0 THEN 'closed'
+         WHEN dpd <= 0 THEN 'current'
+         WHEN dpd < 30 THEN '1-29'
+         WHEN dpd < 60 THEN '30-59'
+         WHEN dpd < 90 THEN '60-89'
+         ELSE '90+' END;

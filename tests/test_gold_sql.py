@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import pyarrow as pa
 import pytest
 
-LABEL = {"label_dpd": 30, "label_mob": 6, "label_def": "30dpd_6mob"}
+from ml_assets.assets.gold import label_definitions
+from ml_assets.settings import LabelDefinition, load_settings
+
+# the configured definitions: the target 30dpd_6mob and the early read 30dpd_3mob
+DEFINITIONS = label_definitions(load_settings(environ={}))
 
 
 def loan_month(loan: str, start: date, snapshot: date, mob: int, dpd: int) -> dict:
@@ -24,8 +29,8 @@ def test_label_is_dpd_at_mob(transform):
         loan_month("D_1", start, date(2023, 6, 1), 5, 90),   # not at mob 6: no label row
         loan_month("E_1", start, date(2023, 8, 1), 7, 90),
     ])
-    labels = {r["loan_id"]: r for r in transform("gold/label_store",
-                                                 {"silver_loan_daily": rows}, LABEL)}
+    labels = {r["loan_id"]: r for r in transform(
+        "gold/label_store", {"silver_loan_daily": rows, "label_definitions": DEFINITIONS})}
     assert set(labels) == {"A_1", "B_1", "C_1"}
     assert [labels[k]["label"] for k in ("A_1", "B_1", "C_1")] == [1, 0, 0]
     assert labels["A_1"]["label_def"] == "30dpd_6mob"
@@ -35,9 +40,29 @@ def test_label_is_dpd_at_mob(transform):
 
 def test_label_definition_is_configuration(transform):
     rows = pa.Table.from_pylist([loan_month("A_1", date(2023, 1, 1), date(2023, 4, 1), 3, 61)])
-    params = {"label_dpd": 60, "label_mob": 3, "label_def": "60dpd_3mob"}
-    [row] = transform("gold/label_store", {"silver_loan_daily": rows}, params)
+    config = dataclasses.replace(load_settings(environ={}), label=LabelDefinition(60, 4),
+                                 early_read=LabelDefinition(60, 3))
+    [row] = transform("gold/label_store", {"silver_loan_daily": rows,
+                                           "label_definitions": label_definitions(config)})
     assert (row["label"], row["label_def"]) == (1, "60dpd_3mob")
+
+
+def test_each_definition_labels_the_loan_at_its_own_mob(transform):
+    start = date(2023, 1, 1)
+    rows = pa.Table.from_pylist([
+        loan_month("A_1", start, date(2023, 4, 1), 3, 31),  # delinquent early, cured by mob 6
+        loan_month("A_1", start, date(2023, 7, 1), 6, 0),
+        loan_month("B_1", start, date(2023, 4, 1), 3, 0),   # clean early, defaulted at mob 6
+        loan_month("B_1", start, date(2023, 7, 1), 6, 45),
+        loan_month("C_1", start, date(2023, 5, 1), 4, 90),  # no definition at mob 4
+    ])
+    labels = {(r["loan_id"], r["label_def"]): (r["label"], r["snapshot_date"])
+              for r in transform("gold/label_store", {"silver_loan_daily": rows,
+                                                      "label_definitions": DEFINITIONS})}
+    assert labels == {("A_1", "30dpd_3mob"): (1, date(2023, 4, 1)),
+                      ("A_1", "30dpd_6mob"): (0, date(2023, 7, 1)),
+                      ("B_1", "30dpd_3mob"): (0, date(2023, 4, 1)),
+                      ("B_1", "30dpd_6mob"): (1, date(2023, 7, 1))}
 
 
 APRIL = date(2024, 4, 1)

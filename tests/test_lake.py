@@ -184,6 +184,19 @@ def test_a_user_holding_the_catalog_blocks_no_publish(lake, con):
     assert len(catalog_rows(lake)) == 2
 
 
+def test_a_catalog_written_before_a_schema_existed_gains_it(lake, con):
+    curve = Table("analytics", "curve", "month", ("id",))
+    lake.publish(con, TABLE, rows_query(con, [(1, JAN, "a")]), [JAN])
+    lake.refresh_catalog([TABLE, curve])
+    with duckdb.connect(str(lake.catalog)) as old:  # as the catalog of an earlier version
+        old.execute("DROP SCHEMA analytics")
+    lake.publish(con, curve, rows_query(con, [(2, JAN, "b")]), [JAN])
+    assert lake.refresh_catalog([TABLE, curve], changed=[curve])
+    with duckdb.connect(str(lake.catalog), read_only=True) as reader:
+        assert reader.execute("SELECT id FROM analytics.curve").fetchall() == [(2,)]
+        assert reader.execute("SELECT id FROM gold.example").fetchall() == [(1,)]
+
+
 def test_an_empty_table_has_a_typed_view(lake, con):
     lake.publish(con, TABLE, rows_query(con, []), [JAN])
     assert catalog_rows(lake) == []

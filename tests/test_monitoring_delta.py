@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from dagster_duckdb import DuckDBResource
+from sklearn.metrics import roc_auc_score
 
 from ml_assets import metrics
 from ml_assets.assets.monitoring import (
@@ -50,6 +51,7 @@ from ml_assets.tables import (
     PREDICTIONS,
     RECOMMENDATION,
     SCORE_REFERENCE,
+    SEGMENT_PERFORMANCE,
     SOURCE_COVERAGE,
     STABILITY,
     SUMMARY,
@@ -149,7 +151,10 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    config = dataclasses.replace(load_settings(environ={}), first_month=FIRST, last_month=LAST)
+    config = load_settings(environ={})
+    config = dataclasses.replace(config, first_month=FIRST, last_month=LAST,
+                                 monitoring=dataclasses.replace(config.monitoring,
+                                                                segment_column="credit_mix"))
     build = load_build(config)
     lake = Lake(uri=str(tmp_path_factory.mktemp("monitoring") / "warehouse"))
     rng = np.random.default_rng(7)
@@ -228,9 +233,10 @@ def world(tmp_path_factory) -> World:
         label_of[label_month] = outcome
         labels.append(frame({"loan_id": loans["loan_id"],
                              "snapshot_date": [date(label_month.year, label_month.month, 15)]
-                             * len(outcome), "label": outcome},
+                             * len(outcome), "label": outcome,
+                             "label_def": ["30dpd_6mob"] * len(outcome)},
                             {"loan_id": pa.string(), "snapshot_date": pa.date32(),
-                             "label": pa.int8()}))
+                             "label": pa.int8(), "label_def": pa.string()}))
     publish(lake, LABEL_STORE, pa.concat_tables(labels), every)
     return World(lake, build, reference, scored, label_of)
 
@@ -301,7 +307,10 @@ def test_each_asset_depends_on_exactly_what_it_reads(world: World):
         "ml.model_registry", "gold.training_set", "ml.score_reference"}
     assert graph["performance"]["gold.predictions"] == (False, world.build.rules.matured)
     assert set(graph["performance"]) == {"gold.predictions", "gold.label_store",
-                                         "ml.model_registry"}
+                                         "gold.feature_store", "ml.model_registry"}
+    assert graph["performance"]["gold.feature_store"] == (False, world.build.rules.matured)
+    assert graph["early_read_performance"]["gold.predictions"] == (
+        False, world.build.rules.early_read_matured)
     assert set(graph["drift"]) == set(graph["stability"])
     assert set(graph["recommendation"]) == {"monitoring.stability", "monitoring.performance",
                                             "gold.source_coverage"}
@@ -317,18 +326,20 @@ def test_each_asset_depends_on_exactly_what_it_reads(world: World):
 def test_labels_landing_measure_the_performance_of_their_month(world: World, condition,
                                                                requested):
     """What the label_maturity sensor evaluates: the latest label month's labels land, its
-    predictions (mob months before) are there, the registry has one month: measured."""
+    predictions and their features (mob months before) are there, the registry has one month:
+    measured."""
     spec = spec_of(world.build, PERFORMANCE)
     if condition is not None:
         spec = dataclasses.replace(spec, automation_condition=condition)
     upstream = [dg.AssetSpec(asset_key(t), partitions_def=world.build.partitions)
-                for t in (PREDICTIONS, LABEL_STORE, MODEL_REGISTRY)]
+                for t in (PREDICTIONS, LABEL_STORE, FEATURE_STORE, MODEL_REGISTRY)]
     defs = dg.Definitions(assets=[table_asset(spec, world.build), *upstream],
                           resources={"lake": dg.ResourceDefinition.none_resource(),
                                      "duckdb": dg.ResourceDefinition.none_resource()})
     instance = dg.DagsterInstance.ephemeral()
     cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
-    for table, month in ((PREDICTIONS, "2024-06-01"), (MODEL_REGISTRY, "2024-06-01")):
+    for table, month in ((FEATURE_STORE, "2024-06-01"), (PREDICTIONS, "2024-06-01"),
+                         (MODEL_REGISTRY, "2024-06-01")):
         instance.report_runless_asset_event(dg.AssetMaterialization(asset_key(table),
                                                                     partition=month))
     cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor).cursor
@@ -449,6 +460,26 @@ def test_performance_checks_only_warn_on_one_class_or_few_loans(world: World, pe
     before = evaluations[("auc_floor", "2024-03-01")]
     assert before.passed and "no application month 6 months before" in \
         before.metadata["reason"].text
+
+
+def test_segment_performance_is_the_auc_of_each_segment(world: World, performance):
+    rows = {(r["month"], r["segment"]): r
+            for r in published(world.lake, SEGMENT_PERFORMANCE)}
+    loans, labels = world.scored[date(2024, 2, 1)], world.labels[date(2024, 8, 1)]
+    for mix in ("Good", "Standard", "Bad"):
+        chosen = [i for i, value in enumerate(loans["credit_mix"]) if value == mix]
+        y = [labels[i] for i in chosen]
+        row = rows[(date(2024, 8, 1), mix)]
+        assert (row["segment_column"], row["n"], row["defaults"]) == ("credit_mix", len(chosen),
+                                                                      sum(y))
+        if 0 < sum(y) < len(y):
+            expected = roc_auc_score(y, [loans["score"][i] for i in chosen])
+            assert row["auc"] == pytest.approx(expected, abs=1e-12)
+            assert row["gini"] == pytest.approx(2 * expected - 1, abs=1e-12)
+    assert {m for m, _ in rows} == {add_months(m, 6) for m in SCORED}
+    evaluations = checks(performance)
+    assert evaluations[("segment_auc_floor", "2024-08-01")].severity == \
+        dg.AssetCheckSeverity.WARN
 
 
 # -- drift ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ml_assets.assets.monitoring import (
 from ml_assets.settings import MonitoringSettings
 
 THRESHOLDS = MonitoringSettings(psi_watch=0.1, psi_act=0.25, psi_floor=1e-4, auc_floor=0.7,
+                                early_read_auc_floor=0.7,
                                 max_auc_drop=0.05, outage_missing_increase=0.3, min_loans=50,
                                 drift_report=True, drift_report_features=15)
 

@@ -92,6 +92,7 @@ def test_label_maturity_measures_performance_when_labels_land():
     sensor = defs.resolve_sensor_def("label_maturity")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     performance = dg.AssetKey(["monitoring", "performance"])
+    early_read = dg.AssetKey(["monitoring", "early_read_performance"])
     with dg.instance_for_test() as instance:
         def land(key, partition):
             instance.report_runless_asset_event(
@@ -99,17 +100,23 @@ def test_label_maturity_measures_performance_when_labels_land():
 
         def evaluate(cursor):
             return dg.evaluate_automation_conditions(
-                defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(performance),
+                defs=defs, instance=instance, asset_selection=sensor.asset_selection,
                 evaluation_time=datetime(2025, 8, 10, tzinfo=UTC), cursor=cursor)
 
+        # the predictions of 2025-01 (target at mob 6) and 2025-04 (early read at mob 3)
+        land(dg.AssetKey(["gold", "feature_store"]), "2025-01-01")
         land(dg.AssetKey(["gold", "predictions"]), "2025-01-01")
+        land(dg.AssetKey(["gold", "predictions"]), "2025-04-01")
         result = evaluate(None)
         assert result.get_requested_partitions(performance) == set()  # no labels yet
+        assert result.get_requested_partitions(early_read) == set()
         land(dg.AssetKey(["gold", "label_store"]), "2025-07-01")
         result = evaluate(result.cursor)
         assert result.get_requested_partitions(performance) == {"2025-07-01"}
+        assert result.get_requested_partitions(early_read) == {"2025-07-01"}
         result = evaluate(result.cursor)
         assert result.get_requested_partitions(performance) == set()  # asked for once
+        assert result.get_requested_partitions(early_read) == set()
 
 
 def test_the_retrain_sensor_is_off_by_default():

@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from ml_assets.definitions import build_definitions, build_lake, monthly_pipeline
 from ml_assets.demo.generator import demo_month_range, generate
@@ -69,16 +70,18 @@ def test_catalog_has_every_table_populated(demo):
         expected = {"raw.lms_loan_daily", "raw.feature_clickstream", "raw.features_attributes",
                     "raw.features_financials", "silver.loan_daily", "silver.clickstream",
                     "silver.attributes", "silver.financials", "gold.label_store",
-                    "gold.feature_store"}
+                    "gold.feature_store", "analytics.vintage_curve", "analytics.roll_rate",
+                    "monitoring.early_read_performance", "monitoring.segment_performance"}
         assert expected <= views
         for view in expected:
             assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] > 0, view
 
 
-def independent_labels(lms_csv) -> pd.DataFrame:
-    """The course definition computed straight from the raw lms file with pandas."""
+def independent_labels(lms_csv, mob: int = 6) -> pd.DataFrame:
+    """The course definition (30+ dpd at `mob`) computed straight from the raw lms file with
+    pandas."""
     lms = pd.read_csv(lms_csv, dtype=str)
-    at_mob = lms[lms["installment_num"].astype(int) == 6].copy()
+    at_mob = lms[lms["installment_num"].astype(int) == mob].copy()
     overdue = at_mob["overdue_amt"].astype(float)
     due = at_mob["due_amt"].astype(float)
     snapshot = pd.to_datetime(at_mob["snapshot_date"])
@@ -90,20 +93,23 @@ def independent_labels(lms_csv) -> pd.DataFrame:
     return at_mob.set_index("loan_id")["label"].sort_index()
 
 
-def test_label_store_equals_the_course_definition(demo):
+@pytest.mark.parametrize(("label_def", "mob"), [("30dpd_6mob", 6), ("30dpd_3mob", 3)])
+def test_label_store_equals_the_course_definition(demo, label_def, mob):
     root, config, *_ = demo
-    expected = independent_labels(root / "demo" / "lms_loan_daily.csv")
+    expected = independent_labels(root / "demo" / "lms_loan_daily.csv", mob)
     with catalog(config) as con:
+        assert {r[0] for r in con.execute("SELECT DISTINCT label_def FROM gold.label_store")
+                .fetchall()} == {"30dpd_6mob", "30dpd_3mob"}
         store = con.execute("SELECT loan_id, label, label_def, snapshot_date, application_month "
-                            "FROM gold.label_store").df().set_index("loan_id").sort_index()
+                            "FROM gold.label_store WHERE label_def = $d", {"d": label_def}
+                            ).df().set_index("loan_id").sort_index()
     assert len(store) == len(expected) > 0
     assert store["label"].astype(int).equals(expected.astype(int))
-    assert set(store["label_def"]) == {"30dpd_6mob"}
     months_apart = store.apply(
         lambda r: (r.snapshot_date.year - r.application_month.year) * 12
         + r.snapshot_date.month - r.application_month.month, axis=1)
-    assert set(months_apart) == {6}
-    assert 0.15 < store["label"].mean() < 0.45
+    assert set(months_apart) == {mob}
+    assert 0.1 < store["label"].mean() < 0.45
 
 
 def test_feature_store_has_exactly_one_row_per_loan(demo):
@@ -417,8 +423,10 @@ def test_auc_equals_an_independent_rank_computation_six_months_later(demo):
         performance = con.execute("SELECT * FROM monitoring.performance ORDER BY month").df()
         matured = con.execute(
             "SELECT p.application_month, l.snapshot_date, p.score, l.label "
-            "FROM gold.predictions p JOIN gold.label_store l USING (loan_id)").df()
+            "FROM gold.predictions p JOIN gold.label_store l USING (loan_id) "
+            "WHERE l.label_def = '30dpd_6mob'").df()
     assert len(performance) == 13  # label months 2024-07 .. 2025-07
+    assert set(performance["label_def"]) == {"30dpd_6mob"}
     for row in performance.itertuples():
         assert (row.month.year - row.application_month.year) * 12 \
             + row.month.month - row.application_month.month == 6
@@ -567,3 +575,135 @@ def test_every_model_version_records_the_table_versions_it_learned_from(demo):
         for name, number in versions.items():
             [table] = [t for t in all_tables() if t.qualified_name == name]
             assert 0 <= number <= lake.version(table), (version, name)
+
+
+def test_vintage_curve_equals_an_independent_recomputation(demo):
+    _, config, instance, _ = demo
+    max_mob = config.analytics.vintage_max_mob
+    with catalog(config) as con:
+        curve = con.execute("SELECT * FROM analytics.vintage_curve").df()
+        # each loan-month with the worst dpd of the loan's months up to it, straight from silver
+        expected = con.execute("""
+            WITH loan_months AS (
+                SELECT loan_id, dpd, balance, mob,
+                       date_trunc('month', loan_start_date)::DATE AS cohort_month,
+                       date_trunc('month', snapshot_date)::DATE AS month
+                FROM silver.loan_daily),
+            worst AS (
+                SELECT now.loan_id, now.month, now.cohort_month, now.mob, now.dpd, now.balance,
+                       max(past.dpd) AS worst_dpd
+                FROM loan_months AS now
+                JOIN loan_months AS past ON past.loan_id = now.loan_id AND past.month <= now.month
+                GROUP BY ALL)
+            SELECT month, cohort_month, mob, count(*) AS loans,
+                   avg(CASE WHEN worst_dpd >= 30 THEN 1 ELSE 0 END) AS ever_30dpd_rate,
+                   avg(CASE WHEN worst_dpd >= 60 THEN 1 ELSE 0 END) AS ever_60dpd_rate,
+                   avg(CASE WHEN worst_dpd >= 90 THEN 1 ELSE 0 END) AS ever_90dpd_rate,
+                   avg(CASE WHEN balance > 0 AND dpd > 0 THEN 1 ELSE 0 END)
+                       AS current_delinquent_rate,
+                   avg(CASE WHEN balance <= 0 THEN 1 ELSE 0 END) AS closed_rate
+            FROM worst
+            WHERE date_diff('month', cohort_month, month) <= $max_mob
+            GROUP BY month, cohort_month, mob""", {"max_mob": max_mob}).df()
+    key = ["month", "cohort_month", "mob"]
+    merged = expected.merge(curve, on=key, how="outer", suffixes=("_expected", ""),
+                            indicator=True)
+    assert (merged["_merge"] == "both").all() and len(merged) == len(curve) > 200
+    for column in ("loans", "ever_30dpd_rate", "ever_60dpd_rate", "ever_90dpd_rate",
+                   "current_delinquent_rate", "closed_rate"):
+        assert np.allclose(merged[column], merged[f"{column}_expected"]), column
+    # the demo's cohorts: 500 loans each, followed to mob 10, the 30+ dpd share only rising
+    june = curve[curve["cohort_month"] == pd.Timestamp("2023-06-01")].sort_values("mob")
+    assert list(june["mob"]) == list(range(11)) and set(june["loans"]) == {500}
+    assert june["ever_30dpd_rate"].is_monotonic_increasing
+    assert 0.1 < june["ever_30dpd_rate"].iloc[6] < 0.6
+    chart = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(["analytics", "vintage_curve"]),
+        asset_partitions=["2025-11-01"]), limit=1).records[0].asset_materialization.metadata
+    assert chart["vintage_curve"].value.startswith("![Ever 30+ dpd rate")
+
+
+def test_roll_rates_equal_an_independent_recomputation(demo):
+    _, config, instance, _ = demo
+    with catalog(config) as con:
+        rolls = con.execute("SELECT * FROM analytics.roll_rate").df()
+        silver = con.execute("SELECT loan_id, snapshot_date, dpd, balance "
+                             "FROM silver.loan_daily").df()
+    silver["month"] = silver["snapshot_date"].dt.to_period("M")
+    silver["bucket"] = np.select(
+        [silver["balance"] <= 0, silver["dpd"] <= 0, silver["dpd"] < 30, silver["dpd"] < 60,
+         silver["dpd"] < 90], ["closed", "current", "1-29", "30-59", "60-89"], "90+")
+    before = silver.assign(month=silver["month"] + 1)[["loan_id", "month", "bucket"]]
+    moves = silver.merge(before, on=["loan_id", "month"], suffixes=("", "_before"))
+    expected = (moves.groupby(["month", "bucket_before", "bucket"]).size()
+                .rename("loans").reset_index())
+    expected["rate"] = expected["loans"] / expected.groupby(
+        ["month", "bucket_before"])["loans"].transform("sum")
+    expected["month"] = expected["month"].dt.to_timestamp()
+    merged = expected.rename(columns={"bucket_before": "from_bucket", "bucket": "to_bucket"}) \
+        .merge(rolls, on=["month", "from_bucket", "to_bucket"], how="outer",
+               suffixes=("_expected", ""), indicator=True)
+    assert (merged["_merge"] == "both").all() and len(merged) > 100
+    assert (merged["loans"] == merged["loans_expected"]).all()
+    assert np.allclose(merged["rate"], merged["rate_expected"])
+    assert {"current", "1-29", "30-59", "60-89", "90+", "closed"} <= set(rolls["to_bucket"])
+    metadata = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(["analytics", "roll_rate"]),
+        asset_partitions=["2024-09-01"]), limit=1).records[0].asset_materialization.metadata
+    assert "| current |" in metadata["roll_rate_matrix"].value
+    assert 0 < metadata["roll_from_current"].value < config.analytics.max_roll_from_current
+
+
+def test_early_read_auc_is_measured_three_months_after_prediction(demo):
+    _, config, instance, _ = demo
+    with catalog(config) as con:
+        early = con.execute("SELECT * FROM monitoring.early_read_performance ORDER BY month").df()
+        matured = con.execute(
+            "SELECT p.application_month, l.snapshot_date, p.score, l.label "
+            "FROM gold.predictions p JOIN gold.label_store l USING (loan_id) "
+            "WHERE l.label_def = '30dpd_3mob'").df()
+        target_months = {r[0] for r in con.execute(
+            "SELECT month FROM monitoring.performance").fetchall()}
+    # predictions from 2024-01 to 2025-01, their early read from 2024-04 to 2025-04
+    assert len(early) == 13 and set(early["label_def"]) == {"30dpd_3mob"}
+    assert early["month"].min() < pd.Timestamp(min(target_months))  # the early read is first
+    for row in early.itertuples():
+        assert (row.month.year - row.application_month.year) * 12 \
+            + row.month.month - row.application_month.month == 3
+        group = matured[matured["application_month"] == row.application_month]
+        assert (group["snapshot_date"].dt.to_period("M") == row.month.to_period("M")).all()
+        expected = roc_auc_score(group["label"], group["score"])
+        assert row.auc == pytest.approx(expected, abs=1e-9)
+        assert row.gini == pytest.approx(2 * expected - 1, abs=1e-9)
+        assert row.n == len(group) and row.defaults == group["label"].sum()
+    key = dg.AssetCheckKey(dg.AssetKey(["monitoring", "early_read_performance"]), "auc_floor")
+    floor = {r.partition: r.evaluation for r in
+             instance.event_log_storage.get_asset_check_execution_history(key, limit=100)}
+    for row in early.itertuples():
+        evaluation = floor[row.month.strftime("%Y-%m-01")]
+        assert evaluation.passed == (row.auc >= config.monitoring.early_read_auc_floor)
+
+
+def test_segment_auc_equals_an_independent_recomputation(demo):
+    _, config, *_ = demo
+    column = config.monitoring.segment_column
+    with catalog(config) as con:
+        segments = con.execute("SELECT * FROM monitoring.segment_performance").df()
+        matured = con.execute(
+            f"SELECT l.snapshot_date, p.score, l.label, "
+            f"coalesce(f.{column}::VARCHAR, 'missing') AS segment "
+            "FROM gold.predictions p JOIN gold.label_store l USING (loan_id) "
+            "LEFT JOIN gold.feature_store f USING (loan_id) "
+            "WHERE l.label_def = '30dpd_6mob'").df()
+    matured["month"] = matured["snapshot_date"].dt.to_period("M").dt.to_timestamp()
+    assert set(segments["segment_column"]) == {column}
+    assert len(segments) > 13 * 5
+    for (month, segment), group in matured.groupby(["month", "segment"]):
+        [row] = segments[(segments["month"] == month)
+                         & (segments["segment"] == segment)].itertuples()
+        assert row.n == len(group) and row.defaults == group["label"].sum()
+        if 0 < group["label"].sum() < len(group):
+            assert row.auc == pytest.approx(roc_auc_score(group["label"], group["score"]),
+                                            abs=1e-9)
+        else:
+            assert pd.isna(row.auc)

@@ -39,7 +39,7 @@ def test_table_identifiers_are_validated(schema, name, column):
 def test_every_table_is_one_of_the_fixed_set():
     names = [t.qualified_name for t in all_tables()]
     assert len(names) == len(set(names))
-    assert all(re.fullmatch(r"(raw|silver|gold|ml|monitoring)\.[a-z][a-z0-9_]*", n)
+    assert all(re.fullmatch(r"(raw|silver|gold|ml|monitoring|analytics)\.[a-z][a-z0-9_]*", n)
                for n in names)
 
 

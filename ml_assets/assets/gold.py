@@ -29,22 +29,40 @@ STATUS_SEVERITY = {"warn": WARN, "error": dg.AssetCheckSeverity.ERROR}
 # -- label store ------------------------------------------------------------------------------
 
 
+def label_definitions(config: Settings) -> pa.Table:
+    """The label definitions of the settings (the target, then the early read) as the table
+    sql/gold/label_store.sql joins: label_def, dpd, mob."""
+    definitions = config.label_definitions
+    return pa.table({"label_def": [d.name for d in definitions],
+                     "dpd": pa.array([d.dpd for d in definitions], pa.int32()),
+                     "mob": pa.array([d.mob for d in definitions], pa.int32())})
+
+
 def label_store_compute(step: Step) -> dict[Table, str]:
-    """gold.label_store: default = dpd >= label.dpd at mob = label.mob, by observation month."""
-    label, bounds = step.config.label, step.config.checks
-    query = step.sql("gold/label_store", {"label_dpd": label.dpd, "label_mob": label.mob,
-                                          "label_def": label.name})
-    rates = {row[0]: row[1:] for row in step.con.execute(
-        f"SELECT date_trunc('month', snapshot_date)::DATE, avg(label), count(*) FROM {RESULT} "
-        "GROUP BY ALL").fetchall()}
+    """gold.label_store: per label definition (the target label, then label.early_read),
+    default = dpd >= its dpd at mob = its mob, by observation month. The label rate of each
+    definition of each month is checked against checks.label_rate_min/max."""
+    config, bounds = step.config, step.config.checks
+    step.con.register("label_definitions", label_definitions(config))
+    query = step.sql("gold/label_store")
+    rates = {(row[0], row[1]): row[2:] for row in step.con.execute(
+        f"SELECT date_trunc('month', snapshot_date)::DATE, label_def, avg(label), count(*) "
+        f"FROM {RESULT} GROUP BY ALL").fetchall()}
     for month in step.months:
-        rate, loans = rates.get(month, (None, 0))
-        step.metadata(month, {"label_def": label.name,
-                              "label_rate": float(rate) if rate is not None else None})
+        figures = {d.name: rates.get((month, d.name), (None, 0))
+                   for d in config.label_definitions}
+        target_rate = figures[config.label.name][0]
+        step.metadata(month, {
+            "label_def": config.label.name,
+            "label_rate": float(target_rate) if target_rate is not None else None,
+            "label_rates": {name: float(rate) if rate is not None else None
+                            for name, (rate, _) in figures.items()}})
         step.check("label_rate_within_bounds", month,
-                   rate is None or bounds.label_rate_min <= rate <= bounds.label_rate_max,
-                   {"label_rate": rate, "loans": loans, "min": bounds.label_rate_min,
-                    "max": bounds.label_rate_max})
+                   all(rate is None or bounds.label_rate_min <= rate <= bounds.label_rate_max
+                       for rate, _ in figures.values()),
+                   {**{f"label_rate_{name}": rate for name, (rate, _) in figures.items()},
+                    **{f"loans_{name}": loans for name, (_, loans) in figures.items()},
+                    "min": bounds.label_rate_min, "max": bounds.label_rate_max})
     return {LABEL_STORE: query}
 
 
@@ -159,8 +177,9 @@ def gold_specs(build: Build) -> list[TableSpec]:
             table=LABEL_STORE, compute=label_store_compute, batched=True,
             inputs=(Input(SILVER_LOAN_DAILY, "silver_loan_daily"),),
             checks=(Check("label_rate_within_bounds",
-                          f"The month's label rate within [{bounds.label_rate_min}, "
-                          f"{bounds.label_rate_max}] (checks.label_rate_min/max)"),)),
+                          f"The month's label rate of each label definition within "
+                          f"[{bounds.label_rate_min}, {bounds.label_rate_max}] "
+                          "(checks.label_rate_min/max)"),)),
         TableSpec(
             table=FEATURE_STORE, compute=feature_store_compute, batched=True,
             inputs=(Input(SILVER_LOAN_DAILY, "silver_loan_daily"),

@@ -217,11 +217,13 @@ def as_dates(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 def training_set_compute(step: Step) -> dict[Table, str]:
     """gold.training_set (sql/gold/training_set.sql): each training month's window of labels
     with their application features, split train/test/oot; a month with fewer labelled months
-    than training.min_labelled_months gets no rows, and its metadata says why."""
+    than training.min_labelled_months gets no rows, and its metadata says why. Only the target
+    label definition (label:) is learned from."""
     models, con = step.models, step.con
     con.register("training_window", window_pairs(step.rules.training_labels, step.months,
                                                  step.partitions))
-    step.sql("gold/training_set", {"seed": models.seed, "test_fraction": models.test_fraction})
+    step.sql("gold/training_set", {"seed": models.seed, "test_fraction": models.test_fraction,
+                                   "label_def": step.config.label.name})
     coverage = {row[0]: row[1:] for row in con.execute(
         f"SELECT training_month, max(labelled_months), min(observation_month), "
         f"max(observation_month), count_if(split = 'train'), count_if(split = 'test'), "

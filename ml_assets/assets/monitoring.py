@@ -1,5 +1,6 @@
-"""Monitoring: stability every prediction month, performance when labels mature, an evidently
-drift report, a retain / watch / retrain / data_outage recommendation and a summary with plots.
+"""Monitoring: stability every prediction month, performance when labels mature (the target's,
+with its AUC by segment, and the early read's, sooner), an evidently drift report, a retain /
+watch / retrain / data_outage recommendation and a summary with plots.
 
 The reference of a prediction month is its champion's out-of-time set: the OOT rows of the
 training set the champion was trained on (features) and ml.score_reference (scores), both read
@@ -12,6 +13,7 @@ Every threshold comes from `monitoring:` in the settings, passed to the function
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import warnings
@@ -31,7 +33,7 @@ from ml_assets.metadata import markdown_table
 from ml_assets.months import folder_label
 from ml_assets.partitions import upstream_months
 from ml_assets.plots import bar_chart, line_chart
-from ml_assets.settings import MonitoringSettings, source_of_feature
+from ml_assets.settings import LabelDefinition, MonitoringSettings, source_of_feature
 from ml_assets.spec import (
     ERROR,
     RESULT,
@@ -46,6 +48,7 @@ from ml_assets.spec import (
 )
 from ml_assets.tables import (
     DRIFT,
+    EARLY_READ_PERFORMANCE,
     FEATURE_STORE,
     LABEL_STORE,
     MODEL_ALIASES,
@@ -54,12 +57,13 @@ from ml_assets.tables import (
     PREDICTIONS,
     RECOMMENDATION,
     SCORE_REFERENCE,
+    SEGMENT_PERFORMANCE,
     SOURCE_COVERAGE,
     STABILITY,
     SUMMARY,
     TRAINING_SET,
 )
-from resources.lake import Lake, Table
+from resources.lake import Lake, LakeError, Table
 from resources.storage import FileStore, is_bucket
 
 SCORE = "score"
@@ -364,6 +368,7 @@ def stability_compute(step: Step) -> dict[Table, str]:
 
 PERFORMANCE_SCHEMA = pa.schema([
     ("month", pa.date32()), ("application_month", pa.date32()), ("model_version", pa.string()),
+    ("label_def", pa.string()),
     ("n", pa.int64()), ("defaults", pa.int64()), ("default_rate", pa.float64()),
     ("mean_score", pa.float64()), ("auc", pa.float64()), ("gini", pa.float64()),
     ("ks", pa.float64()), ("model_oot_auc", pa.float64()), ("auc_drop", pa.float64()),
@@ -434,29 +439,33 @@ def model_oot_aucs(step: Step, versions: list[str], last_application: date) -> d
         "WHERE list_contains($versions, model_version)", {"versions": versions}).fetchall())
 
 
-def performance_compute(step: Step) -> dict[Table, str]:
-    """monitoring.performance: per label month L, AUC, Gini, KS, default rate and mean score
-    of the predictions of application month L - mob whose labels L holds
-    (sql/monitoring/matured_predictions.sql), and the drop from the model's OOT AUC; the checks
-    `auc_floor`, `auc_drop`."""
+def matured_performance(step: Step, definition: LabelDefinition, matured, floor: float,
+                        checks: tuple[str, ...]) -> list[dict]:
+    """The performance rows of `step.months` as label months of `definition`: per label month L
+    and model version, AUC, Gini, KS, default rate and mean score of the predictions of the
+    application month L - definition.mob (`matured`, its partition mapping) against their
+    labels of `definition` in L (sql/monitoring/matured_predictions.sql), and the drop from the
+    model's OOT AUC. Records the verdicts of `checks` (of `performance_evaluations`, with the
+    AUC floor `floor`) per month. Leaves the matured predictions in the RESULT table."""
     thresholds, con = step.config.monitoring, step.con
-    step.sql("monitoring/matured_predictions")
-    matured = con.execute(f"SELECT * FROM {RESULT}").df(date_as_object=True)
-    oot_auc = (model_oot_aucs(step, sorted(matured["model_version"].unique()),
-                              max(matured["application_month"]))
-               if not matured.empty else {})
+    thresholds = dataclasses.replace(thresholds, auc_floor=floor)
+    step.sql("monitoring/matured_predictions", {"label_def": definition.name})
+    matured_rows = con.execute(f"SELECT * FROM {RESULT}").df(date_as_object=True)
+    oot_auc = (model_oot_aucs(step, sorted(matured_rows["model_version"].unique()),
+                              max(matured_rows["application_month"]))
+               if not matured_rows.empty else {})
     rows = []
     for month in step.months:
-        group = matured[matured["month"] == month]
+        group = matured_rows[matured_rows["month"] == month]
         if group.empty:
-            application = upstream_months(step.rules.matured, [month], step.partitions)
+            application = upstream_months(matured, [month], step.partitions)
             why = (f"no matured predictions: the application month "
-                   f"{folder_label(application[0])} has no predictions whose labels "
-                   f"{folder_label(month)} holds" if application else
-                   f"no application month {step.config.label.mob} months before")
-            step.metadata(month, {"reason": why})
-            record_verdicts(step, month, [Verdict(check.name, True, {"reason": why})
-                                          for check in performance_checks(thresholds)])
+                   f"{folder_label(application[0])} has no predictions whose {definition.name} "
+                   f"labels {folder_label(month)} holds" if application else
+                   f"no application month {definition.mob} months before")
+            step.metadata(month, {"reason": why, "label_def": definition.name})
+            record_verdicts(step, month, [Verdict(name, True, {"reason": why})
+                                          for name in checks])
             continue
         for version, scored in group.groupby("model_version"):
             summary = metrics.summary(scored["label"], scored["score"])
@@ -465,17 +474,98 @@ def performance_compute(step: Step) -> dict[Table, str]:
                     if summary["auc"] is not None and model_auc is not None else None)
             vintage = scored["application_month"].iloc[0]
             rows.append({"month": month, "application_month": vintage, "model_version": version,
+                         "label_def": definition.name,
                          **{k: summary[k] for k in ("n", "defaults", "default_rate",
                                                     "mean_score", "auc", "gini", "ks")},
                          "model_oot_auc": model_auc, "auc_drop": drop})
             step.metadata(month, {"model_version": version, "vintage": folder_label(vintage),
+                                  "label_def": definition.name,
                                   **{k: summary[k] for k in ("n", "default_rate", "mean_score",
                                                              "auc", "gini", "ks")},
                                   "model_oot_auc": model_auc})
-            record_verdicts(step, month, performance_evaluations(
-                thresholds, version, summary, model_auc, drop))
-    con.register("performance_rows", pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
-    return {PERFORMANCE: "SELECT * FROM performance_rows"}
+            record_verdicts(step, month, [
+                verdict for verdict in performance_evaluations(thresholds, version, summary,
+                                                               model_auc, drop)
+                if verdict.check in checks])
+    return rows
+
+
+def performance_compute(step: Step) -> dict[Table, str]:
+    """monitoring.performance: per label month L, the performance of the predictions of
+    application month L - label.mob against the target label (`matured_performance`), with the
+    checks `auc_floor`, `auc_drop`; and monitoring.segment_performance: the same by the value of
+    monitoring.segment_column (`segment_performance`)."""
+    thresholds = step.config.monitoring
+    rows = matured_performance(step, step.config.label, step.rules.matured,
+                               thresholds.auc_floor, ("auc_floor", "auc_drop"))
+    step.con.register("performance_rows", pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
+    return {PERFORMANCE: "SELECT * FROM performance_rows",
+            SEGMENT_PERFORMANCE: segment_performance(step)}
+
+
+def early_read_performance_compute(step: Step) -> dict[Table, str]:
+    """monitoring.early_read_performance: per label month L of the early read
+    (label.early_read), the performance of the predictions of application month
+    L - early_read.mob against the early-read label (`matured_performance`), with the check
+    `auc_floor` at monitoring.early_read_auc_floor. No drop check: the model's out-of-time AUC
+    is measured on the target label."""
+    rows = matured_performance(step, step.config.early_read, step.rules.early_read_matured,
+                               step.config.monitoring.early_read_auc_floor, ("auc_floor",))
+    step.con.register("early_read_rows", pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
+    return {EARLY_READ_PERFORMANCE: "SELECT * FROM early_read_rows"}
+
+
+SEGMENT_SCHEMA = pa.schema([
+    ("month", pa.date32()), ("application_month", pa.date32()), ("model_version", pa.string()),
+    ("label_def", pa.string()), ("segment_column", pa.string()), ("segment", pa.string()),
+    ("n", pa.int64()), ("defaults", pa.int64()), ("default_rate", pa.float64()),
+    ("auc", pa.float64()), ("gini", pa.float64()),
+])
+
+
+def segment_performance(step: Step) -> str:
+    """monitoring.segment_performance: per label month, model version and segment (a value of
+    the feature store column monitoring.segment_column at the loan's application month; NULL is
+    the segment `missing`), the loans, defaults, default rate, AUC and Gini of the matured
+    predictions of the target label (RESULT of `matured_performance`). The check
+    `segment_auc_floor` WARNs when a segment of at least monitoring.min_loans loans has an AUC
+    below monitoring.auc_floor; its figures are every segment's, in the metadata."""
+    thresholds, column = step.config.monitoring, step.config.monitoring.segment_column
+    if column not in step.con.table("gold_feature_store").columns:
+        raise LakeError(f"monitoring.segment_column: {column!r} is not a column of "
+                        f"gold.feature_store")
+    matured_rows = step.con.execute(
+        f'SELECT m.month, m.application_month, m.model_version, m.label_def, m.score, m.label, '
+        f'coalesce(f."{column}"::VARCHAR, \'missing\') AS segment FROM {RESULT} AS m '
+        f"LEFT JOIN gold_feature_store AS f ON f.loan_id = m.loan_id "
+        f"AND f.application_month = m.application_month").df(date_as_object=True)
+    rows = []
+    for keys, scored in matured_rows.groupby(
+            ["month", "application_month", "model_version", "label_def", "segment"]):
+        summary = metrics.summary(scored["label"], scored["score"])
+        rows.append({**dict(zip(["month", "application_month", "model_version", "label_def",
+                                 "segment"], keys, strict=True)),
+                     "segment_column": column,
+                     **{k: summary[k] for k in ("n", "defaults", "default_rate", "auc", "gini")}})
+    for month in step.months:
+        segments = [r for r in rows if r["month"] == month]
+        judged = [r for r in segments if r["n"] >= thresholds.min_loans and r["auc"] is not None]
+        below = [r for r in judged if r["auc"] < thresholds.auc_floor]
+        step.check("segment_auc_floor", month, not below,
+                   {"segment_column": column, "segments": len(segments),
+                    "segments_judged": len(judged), "floor": thresholds.auc_floor,
+                    "below_floor": ", ".join(f"{r['segment']} ({r['auc']:.3f})" for r in below)
+                    or "none"},
+                   severity=WARN,
+                   description=(f"{column}: AUC below {thresholds.auc_floor} in "
+                                f"{', '.join(r['segment'] for r in below)}") if below else None)
+        if segments:
+            step.metadata(month, {"segments": dg.MetadataValue.md(markdown_table(
+                ["segment", "loans", "defaults", "default rate", "AUC", "Gini"],
+                [[r["segment"], r["n"], r["defaults"], r["default_rate"], r["auc"], r["gini"]]
+                 for r in sorted(segments, key=lambda r: -r["n"])]))}, SEGMENT_PERFORMANCE)
+    step.con.register("segment_rows", pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA))
+    return "SELECT * FROM segment_rows"
 
 
 # -- evidently drift report -------------------------------------------------------------------
@@ -816,8 +906,9 @@ def summary_plots(con: duckdb.DuckDBPyConnection, thresholds: MonitoringSettings
 
 
 def monitoring_specs(build: Build) -> list[TableSpec]:
-    """Stability, performance, drift, the recommendation and the summary, with their checks
-    (thresholds from `build.config.monitoring`)."""
+    """Stability, performance (and segment performance), early-read performance, drift, the
+    recommendation and the summary, with their checks (thresholds from
+    `build.config.monitoring`)."""
     thresholds, rules = build.config.monitoring, build.rules
     scored = (Input(PREDICTIONS, "gold_predictions"),
               Input(FEATURE_STORE, "gold_feature_store"),
@@ -832,14 +923,30 @@ def monitoring_specs(build: Build) -> list[TableSpec]:
             inputs=(*scored, Input(SOURCE_COVERAGE, "gold_source_coverage"), *reference),
             checks=stability_checks(thresholds)),
         TableSpec(
-            table=PERFORMANCE, compute=performance_compute,
+            table=PERFORMANCE, compute=performance_compute, also_writes=(SEGMENT_PERFORMANCE,),
             inputs=(Input(PREDICTIONS, "gold_predictions", rules.matured),
                     Input(LABEL_STORE, "gold_label_store"),
+                    Input(FEATURE_STORE, "gold_feature_store", rules.matured),
                     Input(MODEL_REGISTRY, "ml_model_registry", lookup=True)),
-            checks=performance_checks(thresholds),
+            checks=(*performance_checks(thresholds),
+                    Check("segment_auc_floor",
+                          f"WARN when a {thresholds.segment_column} segment "
+                          f"(monitoring.segment_column) of at least {thresholds.min_loans} "
+                          f"loans has an AUC below {thresholds.auc_floor}")),
             # When a label month's labels land, its performance is measured (the label_maturity
             # sensor). The registry (every month, for the OOT AUC) neither triggers it nor
             # holds it back: the record of a model that scored is always there.
+            automation_condition=dg.AutomationCondition.eager().ignore(registry_key)),
+        TableSpec(
+            table=EARLY_READ_PERFORMANCE, compute=early_read_performance_compute,
+            inputs=(Input(PREDICTIONS, "gold_predictions", rules.early_read_matured),
+                    Input(LABEL_STORE, "gold_label_store"),
+                    Input(MODEL_REGISTRY, "ml_model_registry", lookup=True)),
+            checks=(Check("auc_floor",
+                          f"AUC of the predictions against the early-read label at least "
+                          f"{thresholds.early_read_auc_floor} (monitoring.early_read_auc_floor);"
+                          f" only WARN without both classes or on fewer than "
+                          f"{thresholds.min_loans} loans"),),
             automation_condition=dg.AutomationCondition.eager().ignore(registry_key)),
         TableSpec(
             table=DRIFT, compute=drift_compute,

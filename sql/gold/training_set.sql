@@ -1,6 +1,6 @@
--- gold.training_set, per training month T: the labels observed in T's window (the months
--- before T, never T or later), each joined to its loan's features in the feature store at its
--- application month.
+-- gold.training_set, per training month T: the labels of the target definition ($label_def)
+-- observed in T's window (the months before T, never T or later), each joined to its loan's
+-- features in the feature store at its application month.
 --   split `oot`: the window's last labelled month, held out of time;
 --   split `test` / `train`: the other loans, by a hash of the loan id and $seed (md5, stable
 --   across DuckDB versions), so a loan keeps its split whichever window it is in.
@@ -17,6 +17,7 @@ WITH windowed AS (
     FROM training_window AS window_months
     JOIN gold_label_store AS labels
       ON date_trunc('month', labels.snapshot_date) = window_months.upstream_month
+     AND labels.label_def = $label_def
 ),
 coverage AS (
     SELECT
