@@ -68,11 +68,12 @@ def build_resources(config: Settings) -> dict:
 
 def table_specs(build: Build) -> list[TableSpec]:
     """Every table of the platform, raw to monitoring."""
+    from ml_assets.assets.credit_review import credit_review_specs
     from ml_assets.assets.models import ml_specs
     from ml_assets.assets.monitoring import monitoring_specs
 
     return [*raw_specs(build), *silver_specs(build), *gold_specs(build), *ml_specs(build),
-            *monitoring_specs(build)]
+            *monitoring_specs(build), *credit_review_specs(build)]
 
 
 def executor(config: Settings) -> dg.ExecutorDefinition:

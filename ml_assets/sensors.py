@@ -9,7 +9,7 @@ import duckdb
 from ml_assets.jobs import monthly_pipeline
 from ml_assets.months import parse_month, partition_key
 from ml_assets.spec import asset_key
-from ml_assets.tables import PERFORMANCE, RAW_TABLES, RECOMMENDATION, TRAINING_SET
+from ml_assets.tables import CALIBRATION, PERFORMANCE, RAW_TABLES, RECOMMENDATION, TRAINING_SET
 from resources.lake import Lake, sql_text
 from resources.sources import SOURCE_NAMES, SourceError, Sources, fingerprint, locate
 
@@ -70,14 +70,15 @@ def source_files(context: dg.SensorEvaluationContext, sources: Sources):
 
 
 # When a label month's labels land (gold/label_store, with the predictions six months before
-# already made), its performance is measured: monitoring/performance's eager condition,
-# evaluated by this sensor, on by default.
+# already made), its performance and calibration are measured: the eager conditions of
+# monitoring/performance and monitoring/calibration, evaluated by this sensor, on by default.
 label_maturity = dg.AutomationConditionSensorDefinition(
     "label_maturity",
-    target=dg.AssetSelection.assets(asset_key(PERFORMANCE)),
+    target=dg.AssetSelection.assets(asset_key(PERFORMANCE), asset_key(CALIBRATION)),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
-    description="Measures monitoring/performance for a label month as soon as its labels land.",
+    description="Measures monitoring/performance and monitoring/calibration for a label month "
+                "as soon as its labels land.",
 )
 
 

@@ -97,6 +97,10 @@ class MonitoringSettings:
     min_loans: int
     drift_report: bool
     drift_report_features: int | None
+    # calibration tests (monitoring.calibration): a p-value below warn_p warns, below error_p
+    # is an error
+    calibration_warn_p: float = 0.05
+    calibration_error_p: float = 0.01
 
 
 EXECUTORS = ("in_process", "multiprocess", "k8s", "celery")
@@ -245,7 +249,11 @@ def _monitoring(raw: dict) -> MonitoringSettings:
         min_loans=_positive_int(raw.get("min_loans", 50), "monitoring.min_loans"),
         drift_report=bool(raw.get("drift_report", True)),
         drift_report_features=raw.get("drift_report_features", 15),
+        calibration_warn_p=float(raw.get("calibration_warn_p", 0.05)),
+        calibration_error_p=float(raw.get("calibration_error_p", 0.01)),
     )
+    if not 0 < values.calibration_error_p <= values.calibration_warn_p < 1:
+        raise SettingsError("monitoring: need 0 < calibration_error_p <= calibration_warn_p < 1")
     if values.drift_report_features is not None and (
             not isinstance(values.drift_report_features, int) or values.drift_report_features < 1):
         raise SettingsError("monitoring.drift_report_features: a whole number >= 1, or null")

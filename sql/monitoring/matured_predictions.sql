@@ -8,6 +8,8 @@ SELECT
     predictions.model_version,
     predictions.loan_id,
     predictions.score,
+    predictions.grade,
+    labels.label_def,
     labels.label
 FROM gold_predictions AS predictions
 JOIN gold_label_store AS labels USING (loan_id)
