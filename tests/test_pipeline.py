@@ -703,7 +703,8 @@ def test_woe_and_iv_equal_a_recount_of_the_training_split(demo):
     bounds = load_model_config().iv_bounds
     with catalog(config) as con:
         iv = con.execute("SELECT * FROM ml.feature_iv ORDER BY ALL").df()
-        trained = con.execute("SELECT DISTINCT training_month FROM ml.model_registry").df()
+        trained = con.execute("SELECT DISTINCT trained_month AS training_month "
+                              "FROM ml.model_registry").df()
         # the numeric bins of one month, recounted in plain SQL from their recorded limits
         recount = con.execute("""
             SELECT b.feature, b.bin_index, b.loans, b.defaults,
