@@ -64,7 +64,9 @@ class ModelConfig:
     min_oot_auc: float
     decision_cutoff: float  # a PD, approval share or bad rate, by cutoff_mode
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
-    # the rating master scale: (grade, upper PD bound), bounds increasing, the last 1.0
+    # the rating master scale: (grade, upper PD bound), bounds increasing, the last 1.0;
+    # `load_model_config` requires one (`rating_scale:`), a ModelConfig built in code has one
+    # grade unless given its own
     rating_scale: tuple[tuple[str, float], ...] = (("all", 1.0),)
     # reason codes: (feature name or pattern, readable description), first match wins
     reason_descriptions: tuple[tuple[str, str], ...] = ()
@@ -105,7 +107,9 @@ def _features(raw: dict, where: str) -> FeatureList:
 def load_model_config(path: Path | None = None) -> ModelConfig:
     """The model configuration of `path` (default: VINTAGE_MODELS, else config/models.yaml),
     read when called (the code location reads it once, in `load_build`). Raises SettingsError
-    for an unknown algorithm, a bad model name, no models, or a share or count out of range."""
+    for an unknown algorithm or calibration, a bad model name, no models, a share or count out
+    of range, a missing or unordered rating scale, an unknown cut-off mode, or IV bands out of
+    order."""
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
     try:
         raw = yaml.safe_load(path.read_text()) or {}

@@ -11,15 +11,16 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import optimize, special, stats
 from sklearn.isotonic import IsotonicRegression
 
 from ml_assets import metrics
 from ml_assets.assets.credit_review import calibration_evaluations
-from ml_assets.model_config import FeatureList, ModelSpec
+from ml_assets.model_config import FeatureList, ModelSpec, load_model_config
 from ml_assets.modeling import Calibrator, load_model, train_model
 from ml_assets.rating import calibration_by_grade, grade_of
-from ml_assets.settings import MonitoringSettings
+from ml_assets.settings import CONFIG_DIR, MonitoringSettings, SettingsError
 
 SCALE = (("A", 0.05), ("B", 0.1), ("C", 0.2), ("D", 0.35), ("E", 0.6), ("F", 1.0))
 THRESHOLDS = MonitoringSettings(psi_watch=0.1, psi_act=0.25, psi_floor=1e-4, auc_floor=0.7,
@@ -150,3 +151,20 @@ def test_a_calibrated_model_saves_its_calibrator_as_numbers(method, tmp_path):
     sidecar = json.loads((tmp_path / "model.json").read_text())
     assert sidecar["calibration"]["method"] == method
     assert np.allclose(load_model(tmp_path).predict(oot), model.predict(oot), atol=1e-12)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda raw: raw.pop("rating_scale"), "rating_scale"),
+    (lambda raw: raw.update(rating_scale={"A": 0.2, "B": 0.1, "C": 1.0}), "rating_scale"),
+    (lambda raw: raw.update(rating_scale={"A": 0.2, "B": 0.9}), "rating_scale"),
+    (lambda raw: raw["models"]["logistic"].update(calibration="beta"), "calibration"),
+    (lambda raw: raw["predictions"].update(cutoff_mode="profit"), "cutoff_mode"),
+    (lambda raw: raw["woe"].update(iv_strong=0.05), "woe"),
+])
+def test_a_bad_rating_calibration_cutoff_or_woe_setting_is_refused(change, message, tmp_path):
+    raw = yaml.safe_load((CONFIG_DIR / "models.yaml").read_text())
+    change(raw)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SettingsError, match=message):
+        load_model_config(path)

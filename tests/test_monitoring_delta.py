@@ -37,6 +37,7 @@ from ml_assets.assets.monitoring import (
 )
 from ml_assets.definitions import load_build
 from ml_assets.months import add_months, month_range
+from ml_assets.rating import grade_of
 from ml_assets.settings import load_settings
 from ml_assets.spec import Build, TableSpec, asset_key, table_asset
 from ml_assets.tables import (
@@ -72,6 +73,12 @@ SCORED = {date(2024, 2, 1): (OLD, 600), date(2024, 3, 1): (OLD, 400),
 OUTAGE_MONTH = date(2024, 3, 1)
 STALE_MONTH = date(2024, 5, 1)  # scored by OLD, though NEW is its champion
 OOT_AUC = {OLD: 0.8, NEW: 0.78}
+
+
+SCALE = (("A", 0.05), ("B", 0.1), ("C", 0.2), ("D", 0.35), ("E", 0.6), ("F", 1.0))
+PREDICTION_TYPES = {"loan_id": pa.string(), "customer_id": pa.string(),
+                    "application_month": pa.date32(), "model_version": pa.string(),
+                    "score": pa.float64(), "grade": pa.string(), "decision": pa.string()}
 
 
 def population(rng: np.random.Generator, n: int, prefix: str, month: date,
@@ -193,11 +200,8 @@ def world(tmp_path_factory) -> World:
         scored[month] = loans
         features.append(frame(loans, FEATURE_TYPES))
         predictions.append(frame({**loans, "model_version": [version] * n,
-                                  "decision": ["approve"] * n},
-                                 {"loan_id": pa.string(), "customer_id": pa.string(),
-                                  "application_month": pa.date32(),
-                                  "model_version": pa.string(), "score": pa.float64(),
-                                  "decision": pa.string()}))
+                                  "grade": grade_of(loans["score"], SCALE).tolist(),
+                                  "decision": ["approve"] * n}, PREDICTION_TYPES))
         for source in ("features_attributes", "features_financials", "feature_clickstream"):
             stopped = source == "feature_clickstream" and month == OUTAGE_MONTH
             coverage.append({"application_month": month, "source": source, "loans": n,
@@ -205,9 +209,9 @@ def world(tmp_path_factory) -> World:
                              "status": "error" if stopped else "ok"})
     stale = population(rng, 60, f"L{STALE_MONTH:%y%m}-", STALE_MONTH)
     features.append(frame(stale, FEATURE_TYPES))
-    predictions.append(frame({**stale, "model_version": [OLD] * 60, "decision": ["approve"] * 60}, {
-        "loan_id": pa.string(), "customer_id": pa.string(), "application_month": pa.date32(),
-        "model_version": pa.string(), "score": pa.float64(), "decision": pa.string()}))
+    predictions.append(frame({**stale, "model_version": [OLD] * 60,
+                              "grade": grade_of(stale["score"], SCALE).tolist(),
+                              "decision": ["approve"] * 60}, PREDICTION_TYPES))
     publish(lake, FEATURE_STORE, pa.concat_tables(features), every)
     publish(lake, PREDICTIONS, pa.concat_tables(predictions), every)
     publish(lake, SOURCE_COVERAGE, pa.Table.from_pylist(coverage, schema=pa.schema([
@@ -226,9 +230,10 @@ def world(tmp_path_factory) -> World:
         label_of[label_month] = outcome
         labels.append(frame({"loan_id": loans["loan_id"],
                              "snapshot_date": [date(label_month.year, label_month.month, 15)]
-                             * len(outcome), "label": outcome},
+                             * len(outcome), "label": outcome,
+                             "label_def": ["30dpd_6mob"] * len(outcome)},
                             {"loan_id": pa.string(), "snapshot_date": pa.date32(),
-                             "label": pa.int8()}))
+                             "label": pa.int8(), "label_def": pa.string()}))
     publish(lake, LABEL_STORE, pa.concat_tables(labels), every)
     return World(lake, build, reference, scored, label_of)
 
