@@ -31,7 +31,7 @@ from ml_assets.metadata import markdown_table
 from ml_assets.months import folder_label
 from ml_assets.partitions import upstream_months
 from ml_assets.plots import bar_chart, calibration_chart, tradeoff_chart
-from ml_assets.rating import calibration_by_grade
+from ml_assets.rating import calibration_by_grade, grade_of
 from ml_assets.settings import MonitoringSettings
 from ml_assets.spec import ERROR, RESULT, WARN, Build, Check, Input, Step, TableSpec
 from ml_assets.tables import (
@@ -87,22 +87,27 @@ def calibration_evaluations(thresholds: MonitoringSettings, version: str, rows: 
         {k: r[k] for k in ("loans", "predicted_pd", "observed_rate", "binomial_p_value",
                            "jeffreys_p_value")}) for r in tested}
     suffix = f" ({version}, {loans} loans{': too few to judge' if few else ''})"
-    grade_verdict = Verdict(
-        "grade_calibration", not warnings, {"loans": loans, **figures},
-        ERROR if errors and not few else WARN,
-        None if not warnings else
-        f"PD too low in grade {', '.join(errors)} (Jeffreys p < {error_p})" + suffix
-        if errors else f"PD possibly too low in grade {', '.join(warnings)} "
-                       f"(p < {warn_p})" + suffix)
+    if errors:
+        why = f"PD too low in grade {', '.join(errors)} (Jeffreys p < {error_p})" + suffix
+    elif warnings:
+        why = f"PD possibly too low in grade {', '.join(warnings)} (p < {warn_p})" + suffix
+    else:
+        why = None
+    grade_verdict = Verdict("grade_calibration", not warnings, {"loans": loans, **figures},
+                            ERROR if errors and not few else WARN, why)
     p_value = hl["p_value"]
     hl_ok = p_value is None or p_value >= warn_p
+    if p_value is None:
+        why = "too few loans for score deciles"
+    elif not hl_ok:
+        level = error_p if p_value < error_p else warn_p
+        why = f"Hosmer-Lemeshow p-value {p_value:.4g} < {level}" + suffix
+    else:
+        why = None
     hl_verdict = Verdict(
         "hosmer_lemeshow", hl_ok, {"loans": loans, "statistic": hl["statistic"],
                                    "p_value": p_value, "degrees_of_freedom": 8},
-        ERROR if p_value is not None and p_value < error_p and not few else WARN,
-        "too few loans for score deciles" if p_value is None else None if hl_ok else
-        f"Hosmer-Lemeshow p-value {p_value:.4g} < {error_p if p_value < error_p else warn_p}"
-        + suffix)
+        ERROR if p_value is not None and p_value < error_p and not few else WARN, why)
     return [grade_verdict, hl_verdict]
 
 
@@ -110,12 +115,17 @@ def calibration_compute(step: Step) -> dict[Table, str]:
     """monitoring.calibration: per label month L and model version, the target label's matured
     predictions (of application month L - mob) by grade (`calibration_by_grade`), each row
     with the month's Hosmer-Lemeshow statistic and p-value; the checks `grade_calibration`
-    and `hosmer_lemeshow`; a calibration plot and table per month."""
+    and `hosmer_lemeshow`; a calibration plot and table per month. A prediction published
+    without a grade (before predictions carried one) is graded on the current scale, and the
+    month's metadata counts them (`graded_at_calibration`)."""
     thresholds, scale = step.config.monitoring, step.models.rating_scale
     label_def = step.config.label.name
     step.sql("monitoring/matured_predictions")
     matured = step.con.execute(f"SELECT * FROM {RESULT} WHERE label_def = $label_def",
                                {"label_def": label_def}).df(date_as_object=True)
+    # predictions published before they carried a grade are graded on the current scale
+    ungraded = matured["grade"].isna()
+    matured.loc[ungraded, "grade"] = grade_of(matured.loc[ungraded, "score"], scale)
     rows: list[dict] = []
     for month in step.months:
         group = matured[matured["month"] == month]
@@ -136,7 +146,9 @@ def calibration_compute(step: Step) -> dict[Table, str]:
             rows += [{"month": month, "application_month": vintage, "label_def": label_def,
                       "model_version": version, **row, "hl_statistic": hl["statistic"],
                       "hl_p_value": hl["p_value"]} for row in by_grade]
-            step.metadata(month, month_metadata(month, version, label_def, by_grade, hl))
+            step.metadata(month, {
+                **month_metadata(month, version, label_def, by_grade, hl),
+                "graded_at_calibration": int(ungraded[scored.index].sum())})
             record_verdicts(step, month,
                             calibration_evaluations(thresholds, version, by_grade, hl))
     step.con.register("calibration_rows", pa.Table.from_pylist(rows, schema=CALIBRATION_SCHEMA))
