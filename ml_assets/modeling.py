@@ -6,8 +6,8 @@ encoding is fixed by the training window (its levels are saved with the model) a
 refitted when a later month is scored: an unseen level scores as missing.
 A model may calibrate its scores (`calibration: platt | isotonic` in config/models.yaml): the
 calibrator is fitted on the training window's test split (loans the model did not learn from,
-before the out-of-time month; LightGBM chose its number of trees on them too, which touches
-only the ranking) and saved in the sidecar as numbers (Platt's two coefficients, isotonic
+before the out-of-time month; LightGBM chose its number of trees on them too, a mild reuse
+of the same loans) and saved in the sidecar as numbers (Platt's two coefficients, isotonic
 regression's thresholds). The out-of-time month stays untouched for the gate.
 LightGBM and scikit-learn load when a model is trained or read, not with the code location.
 """
