@@ -299,7 +299,7 @@ def credit_review_specs(build: Build) -> list[TableSpec]:
     thresholds, rules = build.config.monitoring, build.rules
     return [
         TableSpec(
-            table=FEATURE_IV, compute=feature_iv_compute,
+            table=FEATURE_IV, compute=feature_iv_compute, batched=True,
             inputs=(Input(TRAINING_SET, "training_set"),),
             checks=(Check(IV_CHECK, f"No model feature's information value on the training "
                                     f"split at least {build.models.iv_bounds[3]} "
