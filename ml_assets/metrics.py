@@ -87,3 +87,55 @@ def summary(labels, scores) -> dict[str, float | int | None]:
         "log_loss": log_loss(y, p),
         "brier": brier(y, p),
     }
+
+
+# -- calibration tests of a rating grade and of a score --------------------------------------
+
+HL_GROUPS = 10
+
+
+def binomial_p_value(defaults: int, loans: int, pd_: float) -> float:
+    """One-sided binomial test of a grade: the probability of at least `defaults` defaults
+    among `loans` independent loans that each default with probability `pd_` (the grade's PD).
+    Small: the grade's PD is too low. scipy.stats.binomtest(alternative="greater")."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(int(defaults), int(loans), float(pd_), alternative="greater").pvalue)
+
+
+def jeffreys_p_value(defaults: int, loans: int, pd_: float) -> float:
+    """Jeffreys test of a grade: the probability, under the Beta(d + 1/2, n - d + 1/2)
+    posterior of the default rate (Jeffreys prior, d defaults of n loans), that the rate is at
+    most the grade's PD `pd_`, i.e. that the PD is at least the default rate. Small: the PD is
+    too low. Source: ECB, "Instructions for reporting the validation results of internal
+    models - IRB Pillar I models for credit risk" (2019), PD back-testing, the Jeffreys test
+    (also EBA/GL/2017/16 on PD estimation)."""
+    from scipy.stats import beta
+
+    d, n = int(defaults), int(loans)
+    return float(beta.cdf(float(pd_), d + 0.5, n - d + 0.5))
+
+
+def hosmer_lemeshow(labels, scores, order_key=None) -> dict[str, float | int | None]:
+    """Hosmer-Lemeshow over HL_GROUPS score deciles: loans sorted by score (ties by
+    `order_key`, e.g. the loan id, so the split is reproducible) and cut into 10 groups of
+    sizes differing by at most one (the first groups take the remainder, as SQL's ntile);
+    statistic sum over groups of (O - E)^2 / (E (1 - E / n)), O the group's defaults, E its
+    sum of scores, n its loans; p-value from chi-square with 10 - 2 = 8 degrees of freedom
+    (Hosmer & Lemeshow, Applied Logistic Regression, 2nd ed., section 5.2.2). None with fewer
+    loans than groups."""
+    from scipy.stats import chi2
+
+    y, p = _validated(labels, scores)
+    if len(y) < HL_GROUPS:
+        return {"statistic": None, "p_value": None, "groups": 0}
+    keys = np.arange(len(y)) if order_key is None else np.asarray(order_key)
+    order = np.lexsort((keys, p))
+    statistic = 0.0
+    for group in np.array_split(order, HL_GROUPS):
+        observed, expected, n = y[group].sum(), p[group].sum(), len(group)
+        variance = expected * (1 - expected / n)
+        statistic += (observed - expected) ** 2 / variance if variance > 0 else 0.0
+    dof = HL_GROUPS - 2
+    return {"statistic": float(statistic), "p_value": float(chi2.sf(statistic, dof)),
+            "groups": HL_GROUPS}

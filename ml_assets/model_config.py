@@ -13,6 +13,8 @@ import yaml
 from ml_assets.settings import CONFIG_DIR, SettingsError
 
 ALGORITHMS = ("lightgbm", "logistic_regression")
+CALIBRATIONS = ("none", "platt", "isotonic")
+CUTOFF_MODES = ("pd", "approval_rate", "bad_rate")  # ml_assets.cutoffs
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
@@ -48,6 +50,7 @@ class ModelSpec:
     features: FeatureList
     max_rounds: int = 1000
     early_stopping_rounds: int = 50
+    calibration: str = "none"  # none | platt | isotonic (ml_assets.modeling.Calibrator)
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,40 @@ class ModelConfig:
     max_training_rows: int | None
     min_auc_gain: float
     min_oot_auc: float
-    decision_cutoff: float
+    decision_cutoff: float  # a PD, approval share or bad rate, by cutoff_mode
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
+    # the rating master scale: (grade, upper PD bound), bounds increasing, the last 1.0;
+    # `load_model_config` requires one (`rating_scale:`), a ModelConfig built in code has one
+    # grade unless given its own
+    rating_scale: tuple[tuple[str, float], ...] = (("all", 1.0),)
+    # reason codes: (feature name or pattern, readable description), first match wins
+    reason_descriptions: tuple[tuple[str, str], ...] = ()
+    cutoff_mode: str = "pd"  # pd | approval_rate | bad_rate (ml_assets.cutoffs)
+    cutoff_bands: int = 20
+    # WoE / IV (ml_assets.woe): optimal binning's bin limits and the IV band bounds
+    woe_max_bins: int = 10
+    woe_min_bin_size: float = 0.05
+    iv_bounds: tuple[float, float, float, float] = (0.02, 0.1, 0.3, 0.5)
+
+    def describe(self, feature: str) -> str:
+        """A feature's readable description (`reason_descriptions`), else its name."""
+        for pattern, text in self.reason_descriptions:
+            if fnmatch.fnmatchcase(feature, pattern):
+                return text.replace("{feature}", feature)
+        return feature
+
+
+def _rating_scale(raw, where: str) -> tuple[tuple[str, float], ...]:
+    """`rating_scale:` {grade: upper PD bound}, best grade first: a score s falls in the first
+    grade whose bound exceeds s (the last bound is 1.0 and takes s = 1)."""
+    if not isinstance(raw, dict) or not raw:
+        raise SettingsError(f"{where}: give grades and their upper PD bounds, e.g. A: 0.05")
+    scale = tuple((str(grade), float(bound)) for grade, bound in raw.items())
+    bounds = [bound for _, bound in scale]
+    if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)) or bounds[0] <= 0 \
+            or bounds[-1] != 1.0:
+        raise SettingsError(f"{where}: upper PD bounds must increase from above 0 to 1.0")
+    return scale
 
 
 def _features(raw: dict, where: str) -> FeatureList:
@@ -72,7 +107,9 @@ def _features(raw: dict, where: str) -> FeatureList:
 def load_model_config(path: Path | None = None) -> ModelConfig:
     """The model configuration of `path` (default: VINTAGE_MODELS, else config/models.yaml),
     read when called (the code location reads it once, in `load_build`). Raises SettingsError
-    for an unknown algorithm, a bad model name, no models, or a share or count out of range."""
+    for an unknown algorithm or calibration, a bad model name, no models, a share or count out
+    of range, a missing or unordered rating scale, an unknown cut-off mode, or IV bands out of
+    order."""
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -80,6 +117,7 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
         raise SettingsError(f"{path} not found (set by VINTAGE_MODELS, or the project's "
                             f"config folder)") from None
     training, champion = raw.get("training", {}), raw.get("champion", {})
+    predictions, woe = raw.get("predictions") or {}, raw.get("woe") or {}
     default_features = _features(raw.get("features", {}), f"{path}: features")
     models = []
     for name, spec in (raw.get("models") or {}).items():
@@ -87,12 +125,16 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
             raise SettingsError(f"{path}: model name {name!r}: lower-case letters, digits, _")
         if spec.get("algorithm") not in ALGORITHMS:
             raise SettingsError(f"{path}: model {name}: algorithm must be one of {ALGORITHMS}")
+        if spec.get("calibration", "none") not in CALIBRATIONS:
+            raise SettingsError(f"{path}: model {name}: calibration must be one of "
+                                f"{CALIBRATIONS}")
         features = (_features(spec["features"], f"{path}: model {name}")
                     if "features" in spec else default_features)
         models.append(ModelSpec(
             name=name, algorithm=spec["algorithm"], params=dict(spec.get("params") or {}),
             features=features, max_rounds=int(spec.get("max_rounds", 1000)),
             early_stopping_rounds=int(spec.get("early_stopping_rounds", 50)),
+            calibration=spec.get("calibration", "none"),
         ))
     if not models:
         raise SettingsError(f"{path}: no models configured")
@@ -104,9 +146,28 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
         max_training_rows=training.get("max_training_rows"),
         min_auc_gain=float(champion.get("min_auc_gain", 0.005)),
         min_oot_auc=float(champion.get("min_oot_auc", 0.6)),
-        decision_cutoff=float(raw.get("predictions", {}).get("decision_cutoff", 0.5)),
+        decision_cutoff=float(predictions.get("decision_cutoff", 0.5)),
+        cutoff_mode=predictions.get("cutoff_mode", "pd"),
+        cutoff_bands=int(predictions.get("cutoff_bands", 20)),
         models=tuple(models),
+        rating_scale=_rating_scale(raw.get("rating_scale"), f"{path}: rating_scale"),
+        woe_max_bins=int(woe.get("max_bins", 10)),
+        woe_min_bin_size=float(woe.get("min_bin_size", 0.05)),
+        iv_bounds=tuple(float(woe.get(k, d)) for k, d in (
+            ("iv_weak", 0.02), ("iv_medium", 0.1), ("iv_strong", 0.3), ("iv_suspicious", 0.5))),
+        reason_descriptions=tuple((str(k), str(v)) for k, v in
+                                  (raw.get("reason_descriptions") or {}).items()),
     )
+    if config.cutoff_mode not in CUTOFF_MODES:
+        raise SettingsError(f"{path}: predictions.cutoff_mode must be one of {CUTOFF_MODES}")
+    if not 0 <= config.decision_cutoff <= 1 or config.cutoff_bands < 1:
+        raise SettingsError(f"{path}: predictions.decision_cutoff must be in [0, 1], "
+                            "cutoff_bands at least 1")
+    if not 0 < config.iv_bounds[0] < config.iv_bounds[1] < config.iv_bounds[2] \
+            < config.iv_bounds[3] or not 0 < config.woe_min_bin_size < 0.5 \
+            or config.woe_max_bins < 2:
+        raise SettingsError(f"{path}: woe: need 0 < iv_weak < iv_medium < iv_strong < "
+                            "iv_suspicious, 0 < min_bin_size < 0.5, max_bins >= 2")
     if not 0 < config.test_fraction < 1:
         raise SettingsError(f"{path}: training.test_fraction must be between 0 and 1")
     if not 1 <= config.min_labelled_months <= config.window_months:

@@ -4,6 +4,11 @@ Artifacts are native and non-executable, never pickles: LightGBM's model text pl
 sidecar, or the logistic model's coefficients and preprocessing as JSON. The categorical
 encoding is fixed by the training window (its levels are saved with the model) and never
 refitted when a later month is scored: an unseen level scores as missing.
+A model may calibrate its scores (`calibration: platt | isotonic` in config/models.yaml): the
+calibrator is fitted on the training window's test split (loans the model did not learn from,
+before the out-of-time month; LightGBM chose its number of trees on them too, a mild reuse
+of the same loans) and saved in the sidecar as numbers (Platt's two coefficients, isotonic
+regression's thresholds). The out-of-time month stays untouched for the gate.
 LightGBM and scikit-learn load when a model is trained or read, not with the code location.
 """
 
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml_assets.model_config import FeatureList, ModelSpec
+from ml_assets.model_config import CALIBRATIONS, FeatureList, ModelSpec
 
 ARTIFACT_FORMAT = 1
 SIDECAR = "model.json"
@@ -59,13 +64,80 @@ def feature_schema_hash(features: FeatureList) -> str:
     return hashlib.sha256(json.dumps(schema).encode()).hexdigest()[:16]
 
 
+def logit(scores: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(clipped / (1 - clipped))
+
+
+class Calibrator:
+    """A monotone map from a model's scores to calibrated probabilities of default.
+
+    platt: p' = 1 / (1 + exp(-(a * logit(p) + b))) (Platt 1999, "Probabilistic outputs for
+    support vector machines"), `a`, `b` fitted by unpenalised logistic regression;
+    isotonic: the step-wise linear interpolation through the thresholds of scikit-learn's
+    IsotonicRegression (increasing, clipped to [0, 1] and to the fitted range), as its
+    `predict` does."""
+
+    def __init__(self, method: str, params: dict):
+        if method not in CALIBRATIONS[1:]:
+            raise ValueError(f"unknown calibration {method!r}: one of {CALIBRATIONS[1:]}")
+        self.method, self.params = method, params
+
+    @classmethod
+    def fit(cls, method: str, scores: np.ndarray, labels: np.ndarray) -> Calibrator:
+        """Fit `method` on scores (probabilities, shape (n,)) and 0/1 labels (n,)."""
+        if method == "platt":
+            from sklearn.linear_model import LogisticRegression
+
+            fitted = LogisticRegression(C=np.inf).fit(logit(scores)[:, None], labels)
+            return cls(method, {"a": float(fitted.coef_[0][0]),
+                                "b": float(fitted.intercept_[0])})
+        from sklearn.isotonic import IsotonicRegression
+
+        fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+            scores, labels)
+        return cls(method, {"x": fitted.X_thresholds_.tolist(),
+                            "y": fitted.y_thresholds_.tolist()})
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        if self.method == "platt":
+            return 1.0 / (1.0 + np.exp(-(self.params["a"] * logit(scores) + self.params["b"])))
+        return np.interp(scores, self.params["x"], self.params["y"])
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **self.params}
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> Calibrator | None:
+        if not raw:
+            return None
+        params = dict(raw)
+        return cls(params.pop("method"), params)
+
+
 class Model(ABC):
     algorithm: str
     features: FeatureList
+    calibrator: Calibrator | None = None
 
     @abstractmethod
+    def uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
+        """The model's own probability of default for each row of `frame`."""
+
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Probability of default for each row of `frame`."""
+        """Probability of default for each row of `frame`, calibrated if the model is."""
+        scores = self.uncalibrated(frame)
+        return self.calibrator.apply(scores) if self.calibrator else scores
+
+    @abstractmethod
+    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
+        """The model's log-odds of default for each row (before calibration), shape (n,)."""
+
+    @abstractmethod
+    def contributions(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """How much each feature moves each row's log-odds of default: an (n, features) array
+        in the order of `features.names`, and the bias (n,); contributions plus bias give
+        `raw_score`."""
 
     @abstractmethod
     def save(self, folder: Path) -> None: ...
@@ -78,6 +150,8 @@ class Model(ABC):
         return json.dumps({"format": ARTIFACT_FORMAT, "algorithm": self.algorithm,
                            "features": {"numeric": list(self.features.numeric),
                                         "categorical": list(self.features.categorical)},
+                           **({"calibration": self.calibrator.to_dict()}
+                              if self.calibrator else {}),
                            **extra}, indent=1, sort_keys=True)
 
 
@@ -91,8 +165,17 @@ class LightGBMModel(Model):
         return np.hstack([numeric_matrix(frame, self.features.numeric),
                           category_codes(frame, self.levels)])
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
         return self.booster.predict(self.matrix(frame))
+
+    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster.predict(self.matrix(frame), raw_score=True)
+
+    def contributions(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """LightGBM's per-feature contributions (`pred_contrib=True`: TreeSHAP values, Lundberg
+        et al. 2018), the last column its bias (the expected raw score)."""
+        values = self.booster.predict(self.matrix(frame), pred_contrib=True)
+        return values[:, :-1], values[:, -1]
 
     def save(self, folder: Path) -> None:
         (folder / LIGHTGBM_TEXT).write_text(self.booster.model_to_string())
@@ -155,8 +238,21 @@ class LogisticModel(Model):
             columns += [(observed == level).astype(np.float64) for level in levels]
         return np.column_stack(columns)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(self.design(frame) @ self.coefficients + self.intercept)))
+    def uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.raw_score(frame)))
+
+    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.design(frame) @ self.coefficients + self.intercept
+
+    def contributions(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficient times standardised value, summed over a feature's design columns (its
+        value and missing flag, or its one-hot levels); the bias is the intercept."""
+        terms = self.design(frame) * self.coefficients
+        index = {name: i for i, name in enumerate(self.features.names)}
+        owner = np.array([index[feature] for _, feature in self.columns()])
+        totals = np.zeros((len(frame), len(index)))
+        np.add.at(totals.T, owner, terms.T)
+        return totals, np.full(len(frame), self.intercept)
 
     def columns(self) -> list[tuple[str, str]]:
         """(design column, feature it comes from), in design order."""
@@ -213,7 +309,13 @@ MODEL_CLASSES = {cls.algorithm: cls for cls in (LightGBMModel, LogisticModel)}
 
 def train_model(spec: ModelSpec, features: FeatureList, train: pd.DataFrame,
                 test: pd.DataFrame, seed: int) -> Model:
-    return MODEL_CLASSES[spec.algorithm].train(spec, features, train, test, seed)
+    """Train `spec` on `train` (early stopping on `test`); with `spec.calibration` platt or
+    isotonic, calibrate its scores on `test`, the window's loans it did not learn from."""
+    model = MODEL_CLASSES[spec.algorithm].train(spec, features, train, test, seed)
+    if spec.calibration != "none":
+        model.calibrator = Calibrator.fit(spec.calibration, model.uncalibrated(test),
+                                          test["label"].to_numpy())
+    return model
 
 
 def load_model(folder: Path) -> Model:
@@ -226,8 +328,11 @@ def load_model(folder: Path) -> Model:
         import lightgbm as lgb
 
         booster = lgb.Booster(model_str=(folder / LIGHTGBM_TEXT).read_text())
-        return LightGBMModel(booster, features, sidecar["levels"])
-    if sidecar["algorithm"] == LogisticModel.algorithm:
-        return LogisticModel(features, sidecar["preprocessing"], sidecar["coefficients"],
-                             sidecar["intercept"])
-    raise ValueError(f"{folder}: unknown algorithm {sidecar['algorithm']!r}")
+        model: Model = LightGBMModel(booster, features, sidecar["levels"])
+    elif sidecar["algorithm"] == LogisticModel.algorithm:
+        model = LogisticModel(features, sidecar["preprocessing"], sidecar["coefficients"],
+                              sidecar["intercept"])
+    else:
+        raise ValueError(f"{folder}: unknown algorithm {sidecar['algorithm']!r}")
+    model.calibrator = Calibrator.from_dict(sidecar.get("calibration"))
+    return model

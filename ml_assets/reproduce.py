@@ -194,15 +194,16 @@ def model_record(lake: Lake, version: str, registry_version: int | None = None
 
 
 def recorded_model(record: ModelRecord) -> ModelSpec:
-    """The model as the record says it was configured: algorithm, parameters, rounds and its
-    resolved features."""
+    """The model as the record says it was configured: algorithm, parameters, rounds, its
+    calibration method and its resolved features."""
     params = json.loads(record.params)
     max_rounds, early_stopping = params.pop("max_rounds"), params.pop("early_stopping_rounds")
     categorical = tuple(record.categorical_features)
     numeric = tuple(f for f in record.features if f not in categorical)
     return ModelSpec(name=record.model_name, algorithm=record.algorithm, params=params,
                      features=FeatureList(numeric, categorical), max_rounds=max_rounds,
-                     early_stopping_rounds=early_stopping)
+                     early_stopping_rounds=early_stopping,
+                     calibration=json.loads(record.calibration or "{}").get("method", "none"))
 
 
 def recorded_build(build: Build, config: TrainingConfig, model: ModelSpec) -> Build:
@@ -299,9 +300,9 @@ def reproduce_predictions(build: Build, lake: Lake, store: ModelStore, month: da
     readers see them now (the current version, so a change made outside the pipeline shows):
     columns, loans, scores (to SCORE_TOLERANCE), decisions and every other column; also
     check the champion's artifacts against its registry digest. Decisions use the current
-    predictions.decision_cutoff and coverage.on_failure. Raises NotPublished for a month never
-    published, ReproduceError when its commit recorded no input versions, LakeError when a
-    recorded version cannot be read (vacuumed)."""
+    predictions cut-off settings (cutoff_mode, decision_cutoff) and coverage.on_failure.
+    Raises NotPublished for a month never published, ReproduceError when its commit recorded
+    no input versions, LakeError when a recorded version cannot be read (vacuumed)."""
     current = lake.version(PREDICTIONS)
     if current is None or month not in lake.published_months(PREDICTIONS):
         raise NotPublished(f"{PREDICTIONS.qualified_name} has no published month "

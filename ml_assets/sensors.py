@@ -10,6 +10,7 @@ from ml_assets.jobs import monthly_pipeline
 from ml_assets.months import parse_month, partition_key
 from ml_assets.spec import asset_key
 from ml_assets.tables import (
+    CALIBRATION,
     EARLY_READ_PERFORMANCE,
     PERFORMANCE,
     RAW_TABLES,
@@ -77,17 +78,19 @@ def source_files(context: dg.SensorEvaluationContext, sources: Sources):
 
 
 # When a label month's labels land (gold/label_store, with the predictions six months before
-# already made), its performance is measured (with the AUC by segment), and the early read of
-# the predictions three months before: the eager conditions of monitoring/performance and
-# monitoring/early_read_performance, evaluated by this sensor, on by default.
+# already made), its performance (with the AUC by segment) and calibration are measured, and
+# the early read of the predictions three months before: the eager conditions of
+# monitoring/performance, monitoring/calibration and monitoring/early_read_performance,
+# evaluated by this sensor, on by default.
 label_maturity = dg.AutomationConditionSensorDefinition(
     "label_maturity",
     target=dg.AssetSelection.assets(*map(asset_key, (PERFORMANCE, SEGMENT_PERFORMANCE,
-                                                     EARLY_READ_PERFORMANCE))),
+                                                     CALIBRATION, EARLY_READ_PERFORMANCE))),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
-    description="Measures monitoring/performance and monitoring/early_read_performance for a "
-                "label month as soon as its labels land.",
+    description="Measures monitoring/performance, monitoring/calibration and "
+                "monitoring/early_read_performance for a label month as soon as its labels "
+                "land.",
 )
 
 

@@ -101,6 +101,10 @@ class MonitoringSettings:
     drift_report: bool
     drift_report_features: int | None
     segment_column: str = "occupation"  # a gold.feature_store column: AUC by its values
+    # calibration tests (monitoring.calibration): a p-value below warn_p warns, below error_p
+    # is an error
+    calibration_warn_p: float = 0.05
+    calibration_error_p: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -265,7 +269,11 @@ def _monitoring(raw: dict) -> MonitoringSettings:
         drift_report=bool(raw.get("drift_report", True)),
         drift_report_features=raw.get("drift_report_features", 15),
         segment_column=str(raw.get("segment_column", "occupation")),
+        calibration_warn_p=float(raw.get("calibration_warn_p", 0.05)),
+        calibration_error_p=float(raw.get("calibration_error_p", 0.01)),
     )
+    if not 0 < values.calibration_error_p <= values.calibration_warn_p < 1:
+        raise SettingsError("monitoring: need 0 < calibration_error_p <= calibration_warn_p < 1")
     if values.drift_report_features is not None and (
             not isinstance(values.drift_report_features, int) or values.drift_report_features < 1):
         raise SettingsError("monitoring.drift_report_features: a whole number >= 1, or null")

@@ -64,6 +64,14 @@ SCORE_REFERENCE = Table("ml", "score_reference", "trained_month", ("model_versio
 MODEL_ALIASES = Table("ml", "model_aliases", "month", ("alias",),
                       "The champion alias, month by month, and why it moved or stayed",
                       "alias x month")
+FEATURE_IV = Table("ml", "feature_iv", "training_month", ("feature", "bin_index"),
+                   "Per training month: each model feature's bins on the training split with "
+                   "their weight of evidence, and the feature's information value",
+                   "training month x feature x bin")
+CUTOFF_STRATEGY = Table("ml", "cutoff_strategy", "month", ("band",),
+                        "Per month: the champion's out-of-time reference in score bands, the "
+                        "approval rate and expected bad rate of each cut-off, and the cut-off "
+                        "used", "month x score band")
 PREDICTIONS = Table("gold", "predictions", "application_month", ("loan_id",),
                     "Every loan of the application month scored by the champion as of that "
                     "month", "loan at its application month")
@@ -82,6 +90,10 @@ SEGMENT_PERFORMANCE = Table(
     "monitoring", "segment_performance", "month", ("model_version", "segment"),
     "Per label month: AUC and Gini of the matured predictions by segment (the value of "
     "monitoring.segment_column)", "label month x model version x segment")
+CALIBRATION = Table("monitoring", "calibration", "month", ("model_version", "label_def", "grade"),
+                    "Per label month: the matured predictions by rating grade, predicted PD "
+                    "against the observed default rate, binomial, Jeffreys and "
+                    "Hosmer-Lemeshow tests", "label month x model version x label x grade")
 DRIFT = Table("monitoring", "drift", "month", ("column_name",),
               "Per prediction month: evidently's drift test of each model feature",
               "prediction month x column")
@@ -103,6 +115,6 @@ def all_tables() -> tuple[Table, ...]:
     """Every table the platform publishes, quarantines included."""
     return (*RAW_TABLES.values(), *SILVER_TABLES, *map(quarantine_of, SILVER_TABLES),
             LABEL_STORE, FEATURE_STORE, SOURCE_COVERAGE, TRAINING_SET, MODEL_REGISTRY,
-            SCORE_REFERENCE, MODEL_ALIASES, PREDICTIONS, STABILITY, PERFORMANCE,
-            EARLY_READ_PERFORMANCE, SEGMENT_PERFORMANCE, DRIFT,
-            RECOMMENDATION, SUMMARY, VINTAGE_CURVE, ROLL_RATE)
+            FEATURE_IV, SCORE_REFERENCE, MODEL_ALIASES, CUTOFF_STRATEGY, PREDICTIONS,
+            STABILITY, PERFORMANCE, EARLY_READ_PERFORMANCE, SEGMENT_PERFORMANCE, CALIBRATION,
+            DRIFT, RECOMMENDATION, SUMMARY, VINTAGE_CURVE, ROLL_RATE)

@@ -76,3 +76,27 @@ def test_categories_keep_the_training_encoding(spec, data):
     assert np.allclose(model.predict(oot.iloc[:10]), model.predict(oot)[:10])
     only_bad = oot[oot["mix"] == "Bad"]
     assert np.allclose(model.predict(only_bad), model.predict(oot)[oot["mix"] == "Bad"])
+
+
+@pytest.mark.parametrize("spec", [LGBM, LOGISTIC], ids=lambda s: s.name)
+def test_contributions_plus_bias_give_the_raw_score(spec, data):
+    train, test, oot = data
+    model = train_model(spec, FEATURES, train, test, seed=42)
+    contributions, bias = model.contributions(oot)
+    assert contributions.shape == (len(oot), len(FEATURES.names))
+    raw = model.raw_score(oot)
+    assert np.allclose(contributions.sum(axis=1) + bias, raw, atol=1e-9)
+    assert np.allclose(1 / (1 + np.exp(-raw)), model.predict(oot), atol=1e-12)
+    if spec is LGBM:  # LightGBM's own raw score, independently of the contributions
+        assert np.allclose(raw, model.booster.predict(model.matrix(oot), raw_score=True))
+
+
+def test_logistic_contribution_is_coefficient_times_standardised_value(data):
+    train, test, oot = data
+    model = train_model(LOGISTIC, FEATURES, train, test, seed=42)
+    contributions, bias = model.contributions(oot)
+    column = [c for c, _ in model.columns()].index("debt")
+    mean, std = train["debt"].mean(), train["debt"].std(ddof=0)
+    expected = model.coefficients[column] * (oot["debt"] - mean) / std
+    assert np.allclose(contributions[:, FEATURES.names.index("debt")], expected)
+    assert np.allclose(bias, model.intercept)

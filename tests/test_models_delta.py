@@ -15,11 +15,14 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import yaml
 from deltalake import DeltaTable, write_deltalake
+from scipy import special
 
 from ml_assets.assets.gold import gold_specs
 from ml_assets.assets.models import (
@@ -110,13 +113,22 @@ def succeeded(result: dg.ExecuteInProcessResult) -> None:
     assert result.success, "\n".join(failures(result))
 
 
+CALIBRATED = {"lightgbm": "isotonic", "logistic_regression": "platt"}
+APPROVAL_RATE = 0.8
+
+
 def one_thread_models_file(folder: Path) -> Path:
     """config/models.yaml with LightGBM on one thread: on two shared cores OpenMP's second
-    thread mostly waits (a training month took 4x longer with two)."""
+    thread mostly waits (a training month took 4x longer with two); with calibrated models
+    (CALIBRATED) and a cut-off set as a target approval rate, so that both go through the
+    registry, the gate, the predictions and the reproduce commands."""
     raw = yaml.safe_load((CONFIG_DIR / "models.yaml").read_text())
     for model in raw["models"].values():
         if model["algorithm"] == "lightgbm":
             model.setdefault("params", {})["num_threads"] = 1
+        model["calibration"] = CALIBRATED[model["algorithm"]]
+    raw["predictions"].update({"cutoff_mode": "approval_rate",
+                               "decision_cutoff": APPROVAL_RATE})
     path = folder / "models.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -373,8 +385,8 @@ def test_predictions_reproduce(warehouse, tmp_path):
                        str(warehouse.root), "--source", str(warehouse.source),
                        env={"VINTAGE_MODELS": str(warehouse.models_file)})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "read at: gold.feature_store v1, gold.source_coverage v1, ml.model_aliases v1" in \
-        done.stdout
+    assert "read at: gold.feature_store v1, gold.source_coverage v1, ml.model_aliases v1, " \
+        "ml.score_reference v1" in done.stdout
     for what in ("columns", "loans", "scores", "decisions", "other columns",
                  "champion artifacts"):
         assert f"match   {what}" in done.stdout, done.stdout
@@ -422,3 +434,47 @@ def test_reproduce_says_when_a_recorded_version_was_vacuumed(warehouse, tmp_path
                                   dry_run=False)
     with pytest.raises(ReproduceError, match=r"gold.label_store v1\) is gone, vacuumed"):
         reproduce_model(copy.build(), copy.lake(), copy.store(), "lightgbm-2024-02")
+
+
+# -- calibrated models and a cut-off by approval rate -----------------------------------------
+
+
+def test_the_registry_records_each_models_calibrator(warehouse):
+    store = warehouse.store()
+    records = rows(warehouse, MODEL_REGISTRY)
+    assert records
+    for record in records:
+        calibration = json.loads(record["calibration"])
+        assert calibration["method"] == CALIBRATED[record["algorithm"]]
+        sidecar = json.loads((Path(record["artifact_path"]) / "model.json").read_text())
+        assert sidecar["calibration"] == calibration
+        model = store.load(record["model_name"], record["model_version"])
+        assert model.calibrator.method == calibration["method"]
+
+
+def test_predictions_are_calibrated_and_cut_at_the_target_approval_rate(warehouse):
+    predictions = rows(warehouse, PREDICTIONS)
+    reference = rows(warehouse, SCORE_REFERENCE)
+    store = warehouse.store()
+    for month in sorted({p["application_month"] for p in predictions}):
+        scored = [p for p in predictions if p["application_month"] == month]
+        version = scored[0]["model_version"]
+        scores = np.sort([r["score"] for r in reference if r["model_version"] == version])
+        # the highest cut-off (a distinct reference score, or 1.0) approving at most 80%
+        candidates = [*np.unique(scores), 1.0]
+        expected = max(c for c in candidates if (scores < c).mean() <= APPROVAL_RATE + 1e-12)
+        assert {p["decision_cutoff"] for p in scored} == {expected}
+        assert all((p["decision"] == "decline") == (p["score"] >= expected)
+                   for p in scored if p["decision"] != "refer")
+        assert all(p["reason_1"] for p in scored if p["decision"] == "decline")
+        model = store.load(version.rsplit("-", 2)[0], version)
+        params = model.calibrator.params
+        if model.calibrator.method == "platt":  # p = expit(a logit(raw p) + b)
+            loans = [p["loan_id"] for p in scored]
+            features = rows(warehouse, FEATURE_STORE,
+                            where=f"WHERE application_month = DATE '{month}'")
+            order = {row["loan_id"]: row for row in features}
+            frame = pd.DataFrame([order[loan] for loan in loans])
+            raw = model.raw_score(frame)
+            assert np.allclose([p["score"] for p in scored],
+                               special.expit(params["a"] * raw + params["b"]), atol=1e-9)

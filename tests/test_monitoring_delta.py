@@ -39,6 +39,7 @@ from ml_assets.assets.monitoring import (
 )
 from ml_assets.definitions import load_build
 from ml_assets.months import add_months, month_range
+from ml_assets.rating import grade_of
 from ml_assets.settings import load_settings
 from ml_assets.spec import Build, TableSpec, asset_key, table_asset
 from ml_assets.tables import (
@@ -76,6 +77,12 @@ SCORED = {date(2024, 2, 1): (OLD, 600), date(2024, 3, 1): (OLD, 400),
 OUTAGE_MONTH = date(2024, 3, 1)
 STALE_MONTH = date(2024, 5, 1)  # scored by OLD, though NEW is its champion
 OOT_AUC = {OLD: 0.8, NEW: 0.78}
+
+
+SCALE = (("A", 0.05), ("B", 0.1), ("C", 0.2), ("D", 0.35), ("E", 0.6), ("F", 1.0))
+PREDICTION_TYPES = {"loan_id": pa.string(), "customer_id": pa.string(),
+                    "application_month": pa.date32(), "model_version": pa.string(),
+                    "score": pa.float64(), "grade": pa.string(), "decision": pa.string()}
 
 
 def population(rng: np.random.Generator, n: int, prefix: str, month: date,
@@ -199,12 +206,11 @@ def world(tmp_path_factory) -> World:
                            clickstream=month != OUTAGE_MONTH)
         scored[month] = loans
         features.append(frame(loans, FEATURE_TYPES))
-        predictions.append(frame({**loans, "model_version": [version] * n,
-                                  "decision": ["approve"] * n},
-                                 {"loan_id": pa.string(), "customer_id": pa.string(),
-                                  "application_month": pa.date32(),
-                                  "model_version": pa.string(), "score": pa.float64(),
-                                  "decision": pa.string()}))
+        # the outage month's predictions were published before they carried a grade
+        grades = ([None] * n if month == OUTAGE_MONTH
+                  else grade_of(loans["score"], SCALE).tolist())
+        predictions.append(frame({**loans, "model_version": [version] * n, "grade": grades,
+                                  "decision": ["approve"] * n}, PREDICTION_TYPES))
         for source in ("features_attributes", "features_financials", "feature_clickstream"):
             stopped = source == "feature_clickstream" and month == OUTAGE_MONTH
             coverage.append({"application_month": month, "source": source, "loans": n,
@@ -212,9 +218,9 @@ def world(tmp_path_factory) -> World:
                              "status": "error" if stopped else "ok"})
     stale = population(rng, 60, f"L{STALE_MONTH:%y%m}-", STALE_MONTH)
     features.append(frame(stale, FEATURE_TYPES))
-    predictions.append(frame({**stale, "model_version": [OLD] * 60, "decision": ["approve"] * 60}, {
-        "loan_id": pa.string(), "customer_id": pa.string(), "application_month": pa.date32(),
-        "model_version": pa.string(), "score": pa.float64(), "decision": pa.string()}))
+    predictions.append(frame({**stale, "model_version": [OLD] * 60,
+                              "grade": grade_of(stale["score"], SCALE).tolist(),
+                              "decision": ["approve"] * 60}, PREDICTION_TYPES))
     publish(lake, FEATURE_STORE, pa.concat_tables(features), every)
     publish(lake, PREDICTIONS, pa.concat_tables(predictions), every)
     publish(lake, SOURCE_COVERAGE, pa.Table.from_pylist(coverage, schema=pa.schema([
@@ -614,3 +620,39 @@ def test_summary_of_a_month_not_yet_monitored_says_what_to_materialise_first(wor
                                                                              recommendation):
     with pytest.raises(LakeError, match="monitoring.stability has no published month 2024-11"):
         materialize(world, SUMMARY, (date(2024, 11, 1), date(2024, 11, 1)))
+
+
+# -- calibration by grade ---------------------------------------------------------------------
+
+
+def test_calibration_by_grade_of_each_label_month(world: World):
+    from ml_assets.assets.credit_review import credit_review_specs
+    from ml_assets.rating import calibration_by_grade
+    from ml_assets.tables import CALIBRATION
+
+    spec = next(s for s in credit_review_specs(world.build) if s.table == CALIBRATION)
+    first, last = RUN
+    result = dg.materialize([table_asset(spec, world.build)], resources=resources(world.lake),
+                            tags={"dagster/asset_partition_range_start": first.isoformat(),
+                                  "dagster/asset_partition_range_end": last.isoformat()})
+    rows = published(world.lake, CALIBRATION)
+    assert {r["month"] for r in rows} == {add_months(m, 6) for m in SCORED}
+    assert {r["label_def"] for r in rows} == {"30dpd_6mob"}
+    scale = world.build.models.rating_scale
+    for application, (version, n) in SCORED.items():
+        month = add_months(application, 6)
+        loans = world.scored[application]
+        expected = calibration_by_grade(pd.DataFrame({
+            "score": loans["score"], "label": world.labels[month],
+            "grade": grade_of(np.array(loans["score"]), scale)}), scale)
+        got = sorted((r for r in rows if r["month"] == month), key=lambda r: r["pd_upper"])
+        assert [r["model_version"] for r in got] == [version] * len(scale)
+        for mine, theirs in zip(got, expected, strict=True):
+            assert {k: mine[k] for k in theirs} == pytest.approx(theirs, nan_ok=True)
+        graded = month_metadata(result, CALIBRATION, month)["graded_at_calibration"].value
+        assert graded == (n if application == OUTAGE_MONTH else 0)
+    evaluations = checks(result)
+    few = evaluations[("hosmer_lemeshow", "2024-10-01")]  # 5 loans: no deciles
+    assert few.passed and "too few loans" in few.description
+    assert all(e.passed for (name, month), e in evaluations.items()
+               if month not in {"2024-08-01", "2024-09-01", "2024-10-01"})

@@ -88,10 +88,12 @@ def test_the_source_files_sensor_asks_once_per_file_version_and_changed_month(fo
         assert tick("source_files", sources, cursor, instance)[0] == []
 
 
-def test_label_maturity_measures_performance_when_labels_land():
+@pytest.mark.parametrize("measured", ["performance", "calibration"])
+def test_label_maturity_measures_performance_when_labels_land(measured):
     sensor = defs.resolve_sensor_def("label_maturity")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    performance = dg.AssetKey(["monitoring", "performance"])
+    performance = dg.AssetKey(["monitoring", measured])
+    assert performance in sensor.asset_selection.resolve(defs.resolve_asset_graph())
     early_read = dg.AssetKey(["monitoring", "early_read_performance"])
     with dg.instance_for_test() as instance:
         def land(key, partition):

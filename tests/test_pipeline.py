@@ -707,3 +707,171 @@ def test_segment_auc_equals_an_independent_recomputation(demo):
                                             abs=1e-9)
         else:
             assert pd.isna(row.auc)
+
+
+# -- what a credit-risk team reviews: grades, calibration, reason codes, cut-offs --------------
+
+
+def test_calibration_by_grade_equals_an_independent_recomputation(demo):
+    from scipy import special, stats
+
+    from ml_assets.model_config import load_model_config
+
+    _, config, instance, _ = demo
+    scale = load_model_config().rating_scale
+    with catalog(config) as con:
+        calibration = con.execute("SELECT * FROM monitoring.calibration ORDER BY ALL").df()
+        # plain SQL: the predictions of each application month with the labels six months on
+        expected = con.execute("""
+            SELECT date_trunc('month', l.snapshot_date)::DATE AS month, p.model_version,
+                   p.grade, count(*) AS loans, sum(l.label)::BIGINT AS defaults,
+                   avg(p.score) AS predicted_pd, avg(l.label) AS observed_rate
+            FROM gold.predictions p JOIN gold.label_store l USING (loan_id)
+            WHERE l.label_def = '30dpd_6mob' GROUP BY ALL""").df()
+        deciles = con.execute("""
+            SELECT month, sum(o) AS o, sum(e) AS e, sum(n) AS n, decile FROM (
+                SELECT date_trunc('month', l.snapshot_date)::DATE AS month, l.label AS o,
+                       p.score AS e, 1 AS n, ntile(10) OVER (PARTITION BY
+                       date_trunc('month', l.snapshot_date) ORDER BY p.score, p.loan_id) AS decile
+                FROM gold.predictions p JOIN gold.label_store l USING (loan_id))
+            GROUP BY month, decile""").df()
+    assert len(calibration.groupby("month")) == 13  # label months 2024-07 .. 2025-07
+    assert len(calibration) == 13 * len(scale)  # every grade, one champion per vintage
+    assert set(calibration["label_def"]) == {"30dpd_6mob"}
+    merged = calibration.merge(expected, on=["month", "model_version", "grade"], how="left",
+                               suffixes=("", "_sql"))
+    with_loans = merged[merged["loans"] > 0]
+    assert len(with_loans) == len(expected)
+    for row in with_loans.itertuples():
+        assert (row.loans, row.defaults) == (row.loans_sql, row.defaults_sql)
+        assert row.predicted_pd == pytest.approx(row.predicted_pd_sql)
+        assert row.observed_rate == pytest.approx(row.observed_rate_sql)
+        assert row.binomial_p_value == pytest.approx(
+            stats.binom.sf(row.defaults - 1, row.loans, row.predicted_pd))
+        assert row.jeffreys_p_value == pytest.approx(special.betainc(
+            row.defaults + 0.5, row.loans - row.defaults + 0.5, row.predicted_pd))
+    for month, group in deciles.groupby("month"):
+        statistic = ((group.o - group.e) ** 2 / (group.e * (1 - group.e / group.n))).sum()
+        rows = calibration[calibration["month"] == month]
+        assert rows["hl_statistic"].iloc[0] == pytest.approx(statistic)
+        assert rows["hl_p_value"].iloc[0] == pytest.approx(stats.chi2.sf(statistic, 8))
+    key = dg.AssetCheckKey(dg.AssetKey(["monitoring", "calibration"]), "hosmer_lemeshow")
+    checked = {r.partition: r.evaluation for r in
+               instance.event_log_storage.get_asset_check_execution_history(key, limit=100)}
+    for month, group in calibration.groupby("month"):
+        evaluation = checked[month.strftime("%Y-%m-%d")]
+        assert evaluation.passed == (group["hl_p_value"].iloc[0] >= 0.05)
+        if group["hl_p_value"].iloc[0] < 0.01:
+            assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    [record] = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(["monitoring", "calibration"]), asset_partitions=["2025-01-01"]),
+        limit=1).records
+    assert record.asset_materialization.metadata["calibration_plot"].value.startswith(
+        "![")
+
+
+def test_every_prediction_has_its_grade_cutoff_and_reasons(demo):
+    from scipy import special
+
+    from ml_assets.definitions import build_resources
+    from ml_assets.model_config import load_model_config
+    from ml_assets.rating import grade_of
+
+    _, config, *_ = demo
+    models = load_model_config()
+    with catalog(config) as con:
+        predictions = con.execute("SELECT * FROM gold.predictions ORDER BY loan_id").df()
+        features = con.execute("SELECT * FROM gold.feature_store WHERE application_month = "
+                               "DATE '2024-10-01' ORDER BY loan_id").df()
+    assert (predictions["grade"] == grade_of(predictions["score"], models.rating_scale)).all()
+    declined = predictions[predictions["decision"] == "decline"]
+    assert len(declined) > 0 and declined["reason_1"].notna().all()
+    assert (predictions["decision_cutoff"] == models.decision_cutoff).all()  # mode pd
+    assert ((predictions["score"] >= predictions["decision_cutoff"])
+            == (predictions["decision"] != "approve")).all()
+    # the reasons of one month: its champion's largest positive contributions, which add up
+    # (with the bias) to the log-odds of the published score
+    month = predictions[predictions["application_month"] == pd.Timestamp("2024-10-01")]
+    version = month["model_version"].iloc[0]
+    model = build_resources(config)["model_store"].load(version.rsplit("-", 2)[0], version)
+    contributions, bias = model.contributions(features)
+    assert np.allclose(contributions.sum(axis=1) + bias, special.logit(month["score"]),
+                       atol=1e-6)
+    order = np.argsort(-contributions, axis=1, kind="stable")
+    names = np.array(model.features.names)
+    top = np.where(contributions[np.arange(len(features)), order[:, 0]] > 0,
+                   names[order[:, 0]], None)
+    shown = month["reason_1"].to_numpy()
+    assert (shown[top != None] == top[top != None]).all()  # noqa: E711
+    assert month["reason_text"].notna().mean() > 0.9
+    assert "; " in month["reason_text"].dropna().iloc[0]
+
+
+def test_cutoff_strategy_equals_the_champions_reference(demo):
+    _, config, instance, _ = demo
+    with catalog(config) as con:
+        strategy = con.execute("SELECT * FROM ml.cutoff_strategy ORDER BY month, band").df()
+        months = con.execute("SELECT count(*) FROM ml.model_aliases WHERE model_version "
+                             "IS NOT NULL").fetchone()[0]
+        checked = con.execute("""
+            SELECT s.month, s.band, s.approval_rate,
+                   count(*) FILTER (WHERE r.score < s.cutoff_pd) / count(*) AS approval_sql,
+                   avg(r.label) FILTER (WHERE r.score < s.cutoff_pd) AS bad_sql,
+                   s.expected_bad_rate
+            FROM ml.cutoff_strategy s JOIN ml.score_reference r USING (model_version)
+            GROUP BY ALL""").df()
+    assert strategy["month"].nunique() == months
+    assert (strategy.groupby("month")["band"].max() == 20).all()
+    assert np.allclose(checked["approval_rate"], checked["approval_sql"])
+    assert np.allclose(checked["expected_bad_rate"].astype(float),
+                       checked["bad_sql"].astype(float), equal_nan=True)
+    assert (strategy.groupby("month")["approval_rate"].apply(
+        lambda s: s.is_monotonic_increasing)).all()
+    [record] = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(["ml", "cutoff_strategy"]), asset_partitions=["2025-01-01"]),
+        limit=1).records
+    metadata = record.asset_materialization.metadata
+    assert metadata["decision_cutoff"].value == 0.5
+    assert metadata["tradeoff_chart"].value.startswith("![")
+
+
+def test_woe_and_iv_equal_a_recount_of_the_training_split(demo):
+    from ml_assets.model_config import load_model_config
+    from ml_assets.woe import iv_band
+
+    _, config, instance, _ = demo
+    bounds = load_model_config().iv_bounds
+    with catalog(config) as con:
+        iv = con.execute("SELECT * FROM ml.feature_iv ORDER BY ALL").df()
+        trained = con.execute("SELECT DISTINCT trained_month AS training_month "
+                              "FROM ml.model_registry").df()
+        # the numeric bins of one month, recounted in plain SQL from their recorded limits
+        recount = con.execute("""
+            SELECT b.feature, b.bin_index, b.loans, b.defaults,
+                   count(t.loan_id) AS loans_sql, coalesce(sum(t.label), 0) AS defaults_sql
+            FROM ml.feature_iv b JOIN gold.training_set t
+              ON t.training_month = b.training_month AND t.split = 'train'
+             AND CASE WHEN b.bin = 'missing' THEN t.annual_income IS NULL
+                      ELSE (b.lower IS NULL OR t.annual_income >= b.lower)
+                           AND (b.upper IS NULL OR t.annual_income < b.upper) END
+            WHERE b.feature = 'annual_income' AND b.training_month = DATE '2024-06-01'
+            GROUP BY ALL""").df()
+    assert set(iv["training_month"]) == set(trained["training_month"])
+    assert (recount["loans"] == recount["loans_sql"]).all() and len(recount) >= 2
+    assert (recount["defaults"] == recount["defaults_sql"]).all()
+    for (_, feature), bins in iv.groupby(["training_month", "feature"]):
+        bad = bins["defaults"].to_numpy(float)
+        good = bins["loans"].to_numpy(float) - bad
+        with np.errstate(divide="ignore", invalid="ignore"):
+            woe = np.where((good > 0) & (bad > 0),
+                           np.log((good / good.sum()) / (bad / bad.sum())), 0.0)
+        assert np.allclose(bins["woe"], woe, atol=1e-6), feature
+        total = ((good / good.sum() - bad / bad.sum()) * woe).sum()
+        assert bins["feature_iv"].iloc[0] == pytest.approx(total, abs=1e-6)
+        assert bins["iv_band"].iloc[0] == iv_band(bins["feature_iv"].iloc[0], bounds)
+    strongest = iv.groupby("feature")["feature_iv"].mean().sort_values().index[-3:]
+    assert "delay_from_due_date" in strongest or "outstanding_debt" in strongest
+    [record] = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(["ml", "feature_iv"]), asset_partitions=["2024-06-01"]),
+        limit=1).records
+    assert record.asset_materialization.metadata["iv_chart"].value.startswith("![")

@@ -33,14 +33,27 @@ import pandas as pd
 import pyarrow as pa
 
 from ml_assets import metrics
+from ml_assets.cutoffs import CutoffOutcome, Reference
 from ml_assets.metadata import markdown_table
 from ml_assets.model_config import ModelConfig, ModelSpec
 from ml_assets.modeling import Model, feature_schema_hash, fingerprint, train_model
 from ml_assets.months import folder_label
 from ml_assets.partitions import upstream_months, window_pairs
 from ml_assets.plots import bar_chart
+from ml_assets.rating import grade_of
+from ml_assets.reasons import reason_codes
 from ml_assets.settings import source_of_feature
-from ml_assets.spec import RESULT, WARN, Build, Check, Input, Step, TableSpec, asset_key
+from ml_assets.spec import (
+    RESULT,
+    WARN,
+    Build,
+    Check,
+    Input,
+    Step,
+    StepFailed,
+    TableSpec,
+    asset_key,
+)
 from ml_assets.tables import (
     FEATURE_STORE,
     LABEL_STORE,
@@ -131,6 +144,7 @@ class ModelRecord:
     feature_schema_hash: str
     data_fingerprint: str  # hash of the training rows (ml_assets.modeling.fingerprint)
     params: str  # JSON: the model's parameters, max_rounds, early_stopping_rounds
+    calibration: str  # JSON: {"method": "none"}, or platt's a, b or isotonic's x, y thresholds
     n_train: int
     n_test: int
     n_oot: int
@@ -193,7 +207,13 @@ class Prediction:
     application_month: date
     model_version: str
     score: float  # probability of default, 0..1
+    grade: str  # the score's grade on the rating master scale (config/models.yaml rating_scale)
     decision: str  # approve | decline | refer
+    decision_cutoff: float  # the month's PD cut-off: decline at or above (ml_assets.cutoffs)
+    reason_1: str | None  # the features that raise the PD most (ml_assets.reasons), best first
+    reason_2: str | None
+    reason_3: str | None
+    reason_text: str | None  # their descriptions (config/models.yaml reason_descriptions)
     missing_sources: str | None  # comma-separated sources the loan has no data from
     coverage_status: str  # ok | warn | error, for the sources the model uses
     coverage_issue: str | None
@@ -387,6 +407,8 @@ def train_candidate(model: ModelSpec, month: date, frame: pd.DataFrame, store: M
         feature_schema_hash=feature_schema_hash(features),
         data_fingerprint=fingerprint(frame[[*SPLIT_COLUMNS[1:], *features.names]]),
         params=model_params(model),
+        calibration=json.dumps(fitted.calibrator.to_dict() if fitted.calibrator
+                               else {"method": "none"}, sort_keys=True),
         n_train=len(parts["train"]), n_test=len(parts["test"]), n_oot=len(parts["oot"]),
         train_auc=summary["train"]["auc"], test_auc=summary["test"]["auc"],
         oot_auc=summary["oot"]["auc"], oot_gini=summary["oot"]["gini"],
@@ -641,13 +663,52 @@ def decide_applications(scores: np.ndarray, missing: pd.Series, failing: list[st
     return decision
 
 
+def champion_reference(step: Step, version: str, trained: date) -> Reference | None:
+    """Model `version`'s out-of-time reference scores and labels (the `ml_score_reference`
+    view, read at its trained month `trained`); None when it has none."""
+    step.read("ml_score_reference", [trained])
+    [(scores, labels)] = step.con.execute(
+        "SELECT list(score ORDER BY loan_id), list(label ORDER BY loan_id) FROM "
+        "ml_score_reference WHERE model_version = $version", {"version": version}).fetchall()
+    return Reference(scores, labels) if scores else None
+
+
+def month_cutoff(step: Step, reference: Reference | None, version: str) -> CutoffOutcome | None:
+    """The cut-off of champion `version` under predictions.cutoff_mode, chosen on its
+    `reference` (`champion_reference`); None in `pd` mode for a champion without one. Raises
+    StepFailed when an approval_rate or bad_rate mode has no reference to choose on."""
+    models = step.models
+    if reference is None:
+        if models.cutoff_mode == "pd":
+            return None
+        raise StepFailed(f"predictions.cutoff_mode {models.cutoff_mode} needs the reference "
+                         f"scores of {version} (ml.score_reference): none published")
+    return reference.choose(models.cutoff_mode, models.decision_cutoff)
+
+
+def reasons_frame(model: Model, models: ModelConfig, frame: pd.DataFrame,
+                  declined: np.ndarray) -> pd.DataFrame:
+    """reason_1..3 (features) and reason_text (their descriptions, '; '-separated) of each
+    row of `frame` scored by `model` (`reason_codes` of its contributions)."""
+    contributions = (model.contributions(frame)[0] if len(frame)
+                     else np.empty((0, len(model.features.names))))
+    reasons = reason_codes(contributions, model.features.names, declined)
+    described = {name: models.describe(name) for name in model.features.names}
+    text = [("; ".join(described[r] for r in row if r is not None) or None)
+            for row in zip(*reasons, strict=True)]
+    return pd.DataFrame({**{f"reason_{k}": r for k, r in enumerate(reasons, start=1)},
+                         "reason_text": text})
+
+
 def predictions_compute(step: Step) -> dict[Table, str]:
     """gold.predictions: every loan of the application month scored by the month's champion,
-    decided approve / decline (predictions.decision_cutoff) or, missing a source in an outage,
-    refer; a month whose coverage fails is published flagged, or blocked (no rows) with
-    coverage.on_failure: block. The champion's artifacts come from the model store."""
+    graded on the rating master scale, decided approve / decline at the month's cut-off
+    (`month_cutoff`, predictions.cutoff_mode) or, missing a source in an outage, refer, with
+    the reason codes of its score; a month whose coverage fails is published flagged, or
+    blocked (no rows) with coverage.on_failure: block. The champion's artifacts come from the
+    model store."""
     con, store = step.con, step.resources["model_store"]
-    cutoff, on_failure = step.models.decision_cutoff, step.config.coverage.on_failure
+    on_failure = step.config.coverage.on_failure
     missing_sql = ", ".join(f"CASE WHEN {condition} THEN '{source}' END"
                             for source, condition in MISSING_SOURCE.items())
     champions = {row[0]: row[1:] for row in con.execute(
@@ -679,15 +740,20 @@ def predictions_compute(step: Step) -> dict[Table, str]:
                 else "no champion yet in this month")})
             scores = np.empty(0)
         else:
+            chosen = month_cutoff(step, champion_reference(step, version, trained), version)
+            cutoff = chosen.cutoff if chosen else step.models.decision_cutoff
             scores = models[version].predict(frame)
             decisions = decide_applications(scores, frame["missing_sources"], failing, cutoff)
-            scored.append(pd.DataFrame({
+            grades = grade_of(scores, step.models.rating_scale)
+            scored.append(pd.concat([pd.DataFrame({
                 "loan_id": frame["loan_id"], "customer_id": frame["customer_id"],
                 "application_month": frame["application_month"], "model_version": version,
-                "score": scores, "decision": decisions,
+                "score": scores, "grade": grades, "decision": decisions,
+                "decision_cutoff": cutoff,
                 "missing_sources": frame["missing_sources"], "coverage_status": status,
                 "coverage_issue": issue or None,
-            }))
+            }), reasons_frame(models[version], step.models, frame, decisions == "decline")],
+                axis=1))
             quantiles = ([float(q) for q in np.quantile(scores, [0.1, 0.5, 0.9])]
                          if len(scores) else [None] * 3)
             shares = {d: float((decisions == d).mean()) if len(scores) else None
@@ -697,6 +763,12 @@ def predictions_compute(step: Step) -> dict[Table, str]:
                 "mean_score": float(scores.mean()) if len(scores) else None,
                 "score_p10": quantiles[0], "score_p50": quantiles[1],
                 "score_p90": quantiles[2], "decision_cutoff": cutoff,
+                "cutoff_mode": step.models.cutoff_mode,
+                "cutoff_target": step.models.decision_cutoff,
+                "reference_approval_rate": chosen.approval_rate if chosen else None,
+                "reference_bad_rate": chosen.expected_bad_rate if chosen else None,
+                "grades": dg.MetadataValue.json(
+                    {g: int((grades == g).sum()) for g, _ in step.models.rating_scale}),
                 "declined_share": shares["decline"], "approved_share": shares["approve"],
                 "referred_share": shares["refer"], "coverage_status": status,
                 **({"coverage_issue": issue} if issue else {}),
@@ -766,7 +838,8 @@ def ml_specs(build: Build) -> list[TableSpec]:
             table=PREDICTIONS, compute=predictions_compute, batched=True,
             inputs=(Input(FEATURE_STORE, "gold_feature_store"),
                     Input(MODEL_ALIASES, "model_aliases"),
-                    Input(SOURCE_COVERAGE, "source_coverage")),
+                    Input(SOURCE_COVERAGE, "source_coverage"),
+                    Input(SCORE_REFERENCE, "ml_score_reference", lookup=True)),
             resources=("model_store",),
             checks=tuple(Check(name, text) for name, text in PREDICTION_CHECKS.items())),
     ]

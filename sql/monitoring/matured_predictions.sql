@@ -9,6 +9,7 @@ SELECT
     predictions.model_version,
     predictions.loan_id,
     predictions.score,
+    predictions.grade,
     labels.label,
     labels.label_def
 FROM gold_predictions AS predictions
