@@ -13,6 +13,7 @@ import yaml
 from ml_assets.settings import CONFIG_DIR, SettingsError
 
 ALGORITHMS = ("lightgbm", "logistic_regression")
+APPROVAL_MODES = ("auto", "manual")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
@@ -60,6 +61,7 @@ class ModelConfig:
     min_auc_gain: float
     min_oot_auc: float
     decision_cutoff: float
+    approval: str = "auto"  # champion.approval: auto (the gate promotes) | manual (it proposes)
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
 
 
@@ -105,8 +107,12 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
         min_auc_gain=float(champion.get("min_auc_gain", 0.005)),
         min_oot_auc=float(champion.get("min_oot_auc", 0.6)),
         decision_cutoff=float(raw.get("predictions", {}).get("decision_cutoff", 0.5)),
+        approval=str(champion.get("approval", "auto")),
         models=tuple(models),
     )
+    if config.approval not in APPROVAL_MODES:
+        raise SettingsError(f"{path}: champion.approval must be one of {APPROVAL_MODES}, got "
+                            f"{config.approval!r}")
     if not 0 < config.test_fraction < 1:
         raise SettingsError(f"{path}: training.test_fraction must be between 0 and 1")
     if not 1 <= config.min_labelled_months <= config.window_months:
