@@ -327,14 +327,14 @@ def test_swap_sets_match_the_reference_scores(warehouse):
         both = reference.merge(oot[["loan_id", "old"]], on="loan_id", how="inner")
         assert len(both) == len(reference) == len(oot)
         with duckdb.connect() as con:
-            con.register("both", both)
+            con.register("paired", both)
             expected = {row[0]: row[1:] for row in con.execute(f"""
                 SELECT CASE WHEN score < {cutoff} AND old >= {cutoff} THEN 'swap_in'
                             WHEN score >= {cutoff} AND old < {cutoff} THEN 'swap_out'
                             WHEN score < {cutoff} THEN 'both_approve'
                             ELSE 'both_decline' END AS swap,
                        count(*), sum(label), avg(label)
-                FROM both GROUP BY 1""").fetchall()}
+                FROM paired GROUP BY 1""").fetchall()}
         for row in published.itertuples():
             loans, bads, rate = expected.get(row.swap, (0, 0, None))
             assert (row.loans, row.bads) == (loans, bads), (month, row.swap)
