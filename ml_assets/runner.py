@@ -209,9 +209,9 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
     as one Dagster run in the instance of DAGSTER_HOME, of the job `job_name` (default
     monthly_pipeline) with `run_config` (e.g. a sign-off's, `jobs.approval_run_config`) besides
     the loggers'. `on_step` is called as each step starts and ends. Raises UsageError for a
-    bad month range or selection, SourceError when a source
-    breaks its contract (nothing is run then); a failing step is not raised but reported in
-    the summary (`success` False, `errors`)."""
+    bad month range or selection, SourceError when a source breaks its contract (nothing is
+    run then); a failing step is not raised but reported in the summary (`success` False,
+    `errors`)."""
     from ml_assets.settings import settings
 
     config = settings()
