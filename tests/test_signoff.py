@@ -267,9 +267,35 @@ def test_the_job_approves_and_redecides_the_later_months(warehouse):
     assert not refused.success
     assert "re-decides the gate from 2024-01 on: run it for 2024-01" in "\n".join(
         failures(refused))
-    succeeded(approve_in_process(warehouse, proposal["challenger_version"], "approve",
-                                 FIRST_TRAINED, LAST))
+    result = approve_in_process(warehouse, proposal["challenger_version"], "approve",
+                                FIRST_TRAINED, LAST)
+    succeeded(result)
     history = {r["month"]: r for r in aliases(warehouse)}
+    # the predictions' metadata names the approved champion, and a proposal still pending
+    materialisations = [event.event_specific_data.materialization
+                        for event in result.get_asset_materialization_events()]
+    notes = {m.partition: m.metadata["champion_sign_off"].value for m in materialisations
+             if m.asset_key == dg.AssetKey(["gold", "predictions"])}
+    for month, row in history.items():
+        if month < FIRST_TRAINED:
+            continue
+        note = notes[month.isoformat()]
+        assert note.startswith(f"scored by {row['model_version']}, the last approved champion")
+        if row["status"] == "proposed":
+            assert f"{row['challenger_version']} is proposed and awaits sign-off" in note
+    # a pending proposal has its swap sets already, in the table and on the gate's page
+    gate = {m.partition: m.metadata for m in materialisations
+            if m.asset_key == dg.AssetKey(["ml", "model_aliases"])}
+    swaps = rows(warehouse, SWAP_SETS)
+    for month, row in history.items():
+        if month < FIRST_TRAINED:
+            continue
+        kinds = {(s["swap"], s["new_version"], s["status"]) for s in swaps if s["month"] == month}
+        if row["status"] == "proposed" and row["previous_version"]:
+            assert kinds == {(k, row["challenger_version"], "proposed") for k in SWAP_KINDS}
+            assert "swap_in" in gate[month.isoformat()]["swap_sets"].value
+        else:
+            assert not kinds and "swap_sets" not in gate[month.isoformat()]
     approved = history[FIRST_TRAINED]
     assert (approved["model_version"], approved["decision"], approved["status"]) == (
         proposal["challenger_version"], "first", "approved")
