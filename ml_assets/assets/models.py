@@ -613,8 +613,9 @@ def approvals_compute(step: Step) -> dict[Table, str]:
                                    wanted.get("reason", ""), candidates)
         if problem:
             raise SignOffError(problem)
+        [record] = [c for c in candidates if c.model_version == version]
         decision = ApprovalRecord(month=month, model_version=version,
-                                  model_name=version.rsplit("-", 2)[0], action=action,
+                                  model_name=record.model_name, action=action,
                                   decided_by=wanted["by"].strip(),
                                   reason=wanted["reason"].strip(), decided_at=_now())
         recorded.append(decision)
