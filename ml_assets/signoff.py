@@ -14,12 +14,12 @@ champion keeps the alias. A person's decision counts in either mode: an approval
 version champion from its month (a hand promotion, whatever the margin), a rejection keeps the
 previous champion.
 
-Swap sets (the standard comparison of two scorecards at one cut-off, e.g. Siddiqi, *Credit Risk
-Scorecards*, ch. 10): on the gate month's out-of-time loans, with the decision cut-off
-(`predictions.decision_cutoff`: score >= cut-off declines), swap-in are the loans the new model
-approves and the champion declines, swap-out the reverse; both_approve and both_decline the
-rest. Each kind's loans, defaults (`bads`) and observed bad rate tell whether the new model
-trades good loans for bad ones.
+Swap sets (the usual comparison of two scorecards at one cut-off in scorecard validation, e.g.
+N. Siddiqi, *Credit Risk Scorecards*, Wiley): on the gate month's out-of-time loans, with the
+decision cut-off (`predictions.decision_cutoff`: score >= cut-off declines), swap-in are the
+loans the new model approves and the champion declines, swap-out the reverse; both_approve and
+both_decline the rest. Each kind's loans, defaults (`bads`) and observed bad rate tell whether
+the new model trades good loans for bad ones.
 """
 
 from __future__ import annotations
