@@ -608,6 +608,66 @@ def cmd_model_reproduce(args) -> int:
                                                                   args.version))
 
 
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty text")
+    return text.strip()
+
+
+def cmd_model_sign_off(args) -> int:
+    """Approve or reject a model version: checked against the registry first (exit 2 naming
+    what is wrong), then the job champion_approval for the months from the version's trained
+    month to the last month the gate decided; prints the re-decided champion of each month."""
+    _set_paths(args)
+    config = _settings()
+    import duckdb
+
+    from ml_assets.assets.models import AliasRecord, ModelRecord, read_records
+    from ml_assets.definitions import build_lake
+    from ml_assets.jobs import approval_run_config, champion_approval
+    from ml_assets.months import folder_label
+    from ml_assets.runner import run
+    from ml_assets.signoff import SignOffError, approval_problem, version_month
+    from ml_assets.tables import MODEL_ALIASES, MODEL_REGISTRY
+
+    lake = build_lake(config)
+    try:
+        month = version_month(args.version)
+    except SignOffError as error:
+        raise ArgumentError(str(error)) from None
+    with duckdb.connect() as con:
+        candidates = []
+        if month in lake.published_months(MODEL_REGISTRY):
+            lake.read(con, "registry", MODEL_REGISTRY, [month])
+            candidates = read_records(con, "SELECT * FROM registry", ModelRecord)
+    problem = approval_problem(args.version, args.action, args.by, args.reason, candidates)
+    if problem:
+        raise ArgumentError(problem)
+    decided = lake.published_months(MODEL_ALIASES)
+    if month not in decided:
+        raise ArgumentError(f"the champion gate has not decided {folder_label(month)} yet: run "
+                            f"it first (vintage run --from {folder_label(month)} --to "
+                            f"{folder_label(month)})")
+    with _progress() as on_step:
+        summary = run(folder_label(month), folder_label(decided[-1]),
+                      "key:ml/model_approvals or key:ml/model_aliases or key:gold/predictions",
+                      verbose=args.verbose, on_step=on_step, job_name=champion_approval.name,
+                      run_config=approval_run_config(args.version, args.action, args.by,
+                                                     args.reason))
+    _print_summary(summary)
+    if not summary.success:
+        return EXIT_FAILED
+    with duckdb.connect() as con:
+        lake.read(con, "aliases", MODEL_ALIASES, [m for m in decided if m >= month])
+        rows = read_records(con, "SELECT * FROM aliases ORDER BY month", AliasRecord)
+    print(f"{args.action} {args.version} by {args.by} recorded; the champion from "
+          f"{folder_label(month)} on:")
+    for row in rows:
+        print(f"  {folder_label(row.month)}  {row.model_version or 'none':<22} "
+              f"{row.decision:<9} {row.status or '-':<9} {row.signed_off_by or ''}")
+    return 0
+
+
 def cmd_predictions_reproduce(args) -> int:
     _set_paths(args)
     from ml_assets.months import parse_month
@@ -722,6 +782,20 @@ def parser() -> argparse.ArgumentParser:
                            help="a model version of ml.model_registry, e.g. lightgbm-2024-06")
     add_paths(reproduce, warehouse=_existing_warehouse)
     reproduce.set_defaults(handler=cmd_model_reproduce)
+    for action, what in (("approve", "make a model version champion from its trained month "
+                                     "on (a hand promotion, or a manual-mode proposal)"),
+                         ("reject", "reject the gate's proposal of a model version: the "
+                                    "previous champion stays")):
+        sign = model_commands.add_parser(
+            action, help=f"{what}; records who and why in ml.model_approvals and re-decides "
+                         "the gate, swap sets and predictions from that month on")
+        sign.add_argument("version", type=_model_version,
+                          help="a model version of ml.model_registry, e.g. lightgbm-2025-01")
+        sign.add_argument("--by", required=True, type=_text, help="who decides")
+        sign.add_argument("--reason", required=True, type=_text, help="why")
+        sign.add_argument("--verbose", action="store_true", help="show Dagster's step logs")
+        add_paths(sign, warehouse=_existing_warehouse)
+        sign.set_defaults(handler=cmd_model_sign_off, action=action)
 
     predictions = commands.add_parser("predictions", help="the published predictions")
     predictions_commands = predictions.add_subparsers(dest="predictions_command", required=True)

@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from ml_assets.assets.gold import gold_specs
 from ml_assets.assets.raw import raw_specs
 from ml_assets.assets.silver import silver_specs
-from ml_assets.jobs import monthly_pipeline, stage_jobs
+from ml_assets.jobs import champion_approval, monthly_pipeline, stage_jobs
 from ml_assets.maintenance import maintenance_schedule, warehouse_maintenance
 from ml_assets.model_config import ModelConfig, load_model_config
 from ml_assets.partitions import monthly_partitions, time_rules
@@ -123,7 +123,8 @@ def build_definitions(config: Settings | None = None, models: ModelConfig | None
     schema_change_checks = dg.build_column_schema_change_checks(assets=checked)
     return dg.Definitions(assets=assets, asset_checks=schema_change_checks,
                           resources=resources or build_resources(build.config),
-                          jobs=[monthly_pipeline, *stage_jobs, warehouse_maintenance],
+                          jobs=[monthly_pipeline, *stage_jobs, champion_approval,
+                                warehouse_maintenance],
                           schedules=[monthly_schedule, maintenance_schedule],
                           sensors=sensors, executor=executor(build.config))
 

@@ -1,5 +1,5 @@
 """Jobs: every monthly asset at once (what `vintage run`, the schedule and the sensors launch),
-and one job per stage for manual runs from the UI."""
+one job per stage for manual runs from the UI, and the sign-off of a champion."""
 
 import dagster as dg
 
@@ -24,3 +24,24 @@ STAGES = {
 
 stage_jobs = [dg.define_asset_job(f"stage_{name}", selection=selection, description=description)
               for name, (selection, description) in STAGES.items()]
+
+# a sign-off, from the UI's launchpad: the config of ml__model_approvals (version, action, by,
+# reason; "Scaffold missing config" lays it out), for the months from the version's trained
+# month to the last month (`vintage model approve|reject` fills in both)
+APPROVAL_OP = "ml__model_approvals"
+champion_approval = dg.define_asset_job(
+    "champion_approval",
+    selection=keys(["ml", "model_approvals"], ["ml", "model_aliases"], ["ml", "swap_sets"],
+                   ["gold", "predictions"]),
+    description="Approve or reject a model version as champion (config of ml__model_approvals: "
+                "version, action approve|reject, by, reason), for the months from the version's "
+                "trained month to the last one: records the sign-off in ml.model_approvals and "
+                "re-decides the champion gate, the swap sets and the predictions of those "
+                "months.",
+)
+
+
+def approval_run_config(version: str, action: str, by: str, reason: str) -> dict:
+    """The run config of champion_approval for one sign-off."""
+    return {"ops": {APPROVAL_OP: {"config": {"version": version, "action": action, "by": by,
+                                             "reason": reason}}}}

@@ -15,6 +15,7 @@ from ml_assets.settings import CONFIG_DIR, SettingsError
 ALGORITHMS = ("lightgbm", "logistic_regression")
 CALIBRATIONS = ("none", "platt", "isotonic")
 CUTOFF_MODES = ("pd", "approval_rate", "bad_rate")  # ml_assets.cutoffs
+APPROVAL_MODES = ("auto", "manual")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
@@ -63,6 +64,7 @@ class ModelConfig:
     min_auc_gain: float
     min_oot_auc: float
     decision_cutoff: float  # a PD, approval share or bad rate, by cutoff_mode
+    approval: str = "auto"  # champion.approval: auto (the gate promotes) | manual (it proposes)
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
     # the rating master scale: (grade, upper PD bound), bounds increasing, the last 1.0;
     # `load_model_config` requires one (`rating_scale:`), a ModelConfig built in code has one
@@ -149,6 +151,7 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
         decision_cutoff=float(predictions.get("decision_cutoff", 0.5)),
         cutoff_mode=predictions.get("cutoff_mode", "pd"),
         cutoff_bands=int(predictions.get("cutoff_bands", 20)),
+        approval=str(champion.get("approval", "auto")),
         models=tuple(models),
         rating_scale=_rating_scale(raw.get("rating_scale"), f"{path}: rating_scale"),
         woe_max_bins=int(woe.get("max_bins", 10)),
@@ -168,6 +171,9 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
             or config.woe_max_bins < 2:
         raise SettingsError(f"{path}: woe: need 0 < iv_weak < iv_medium < iv_strong < "
                             "iv_suspicious, 0 < min_bin_size < 0.5, max_bins >= 2")
+    if config.approval not in APPROVAL_MODES:
+        raise SettingsError(f"{path}: champion.approval must be one of {APPROVAL_MODES}, got "
+                            f"{config.approval!r}")
     if not 0 < config.test_fraction < 1:
         raise SettingsError(f"{path}: training.test_fraction must be between 0 and 1")
     if not 1 <= config.min_labelled_months <= config.window_months:

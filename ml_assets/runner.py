@@ -203,13 +203,15 @@ def preflight(start: date, end: date, keys: list[dg.AssetKey], run_id: str) -> l
 
 
 def run(first: str | None = None, last: str | None = None, select: str | None = None,
-        verbose: bool = False, on_step: Callable[[StepEvent], None] | None = None
-        ) -> RunSummary:
+        verbose: bool = False, on_step: Callable[[StepEvent], None] | None = None,
+        job_name: str | None = None, run_config: dict | None = None) -> RunSummary:
     """Materialise the selected assets for months first..last (`YYYY-MM`; default: every month)
-    as one Dagster run in the instance of DAGSTER_HOME. `on_step` is called as each step starts
-    and ends. Raises UsageError for a bad month range or selection, SourceError when a source
-    breaks its contract (nothing is run then); a failing step is not raised but reported in
-    the summary (`success` False, `errors`)."""
+    as one Dagster run in the instance of DAGSTER_HOME, of the job `job_name` (default
+    monthly_pipeline) with `run_config` (e.g. a sign-off's, `jobs.approval_run_config`) besides
+    the loggers'. `on_step` is called as each step starts and ends. Raises UsageError for a
+    bad month range or selection, SourceError when a source breaks its contract (nothing is
+    run then); a failing step is not raised but reported in the summary (`success` False,
+    `errors`)."""
     from ml_assets.settings import settings
 
     config = settings()
@@ -218,7 +220,8 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
     from ml_assets.partitions import source_month_range
 
     defs = build_definitions(config)
-    partitions = defs.resolve_job_def(monthly_pipeline.name).partitions_def
+    job = defs.resolve_job_def(job_name or monthly_pipeline.name)
+    partitions = job.partitions_def
     start, end = resolve_months(first, last, partitions, source_month_range(config))
     keys = resolve_selection(defs, select)
     run_id = str(uuid.uuid4())
@@ -234,7 +237,6 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
         from ml_assets.assets.monitoring import preload_evidently
 
         preload_evidently()
-    job = defs.resolve_job_def(monthly_pipeline.name)
     with dg.DagsterInstance.get() as instance:
         if on_step is not None:
             months = f"{folder_label(start)}..{folder_label(end)}"
@@ -244,7 +246,7 @@ def run(first: str | None = None, last: str | None = None, select: str | None = 
             run_id=run_id,
             asset_selection=keys,
             tags={RANGE_START: partition_key(start), RANGE_END: partition_key(end)},
-            run_config={"loggers": {"console": {"config": {
+            run_config={**(run_config or {}), "loggers": {"console": {"config": {
                 "log_level": "INFO" if verbose else "WARNING"}}}},
             raise_on_error=False,
         )

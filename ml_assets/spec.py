@@ -83,7 +83,9 @@ class TableSpec:
     of `also_writes` (a quarantine, a reference), all published together as one commit per
     table when every group of months is computed. `batched`: the step's months are computed
     in consecutive groups whose input rows stay within `duckdb.max_rows_per_batch`.
-    `resources`: the resources the compute uses besides the lake and DuckDB.
+    `resources`: the resources the compute uses besides the lake and DuckDB. `config_schema`:
+    the Dagster run config the compute reads (`step.run_config`), for a table a person writes
+    to through a job (a sign-off); every field optional, so a run without it still works.
     """
 
     table: Table
@@ -97,6 +99,7 @@ class TableSpec:
     automation_condition: dg.AutomationCondition | None = None
     pool: str | None = None
     description: str | None = None
+    config_schema: Mapping[str, dg.Field] | None = None
 
     @property
     def tables(self) -> tuple[Table, ...]:
@@ -151,6 +154,7 @@ class Step:
     month_metadata: dict[tuple[str, date], dict] = field(default_factory=dict)
     result_metadata: dict[str, object] = field(default_factory=dict)  # of the whole step
     read_versions: dict[str, int] = field(default_factory=dict)
+    run_config: Mapping[str, object] = field(default_factory=dict)  # spec.config_schema's
 
     @property
     def config(self) -> Settings:
@@ -292,6 +296,7 @@ def table_asset(spec: TableSpec, build: Build) -> dg.AssetsDefinition:
         check_specs=spec.check_specs(partitions), partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(), pool=spec.pool,
         required_resource_keys={"lake", "duckdb", *spec.resources},
+        config_schema=dict(spec.config_schema) if spec.config_schema else None,
         can_subset=False)
     def body(context):  # an AssetExecutionContext (no annotation: this module defers them)
         started = time.monotonic()
@@ -301,7 +306,9 @@ def table_asset(spec: TableSpec, build: Build) -> dg.AssetsDefinition:
         months = run_months(context)
         step = Step(spec=spec, build=build, lake=lake, context=context,
                     resources={name: getattr(resources, name) for name in spec.resources},
-                    run_months=months)
+                    run_months=months,
+                    run_config=(context.op_execution_context.op_config or {}
+                                if spec.config_schema else {}))
         evaluations: list[AssetCheckEvaluation] = []
         schemas: dict[str, dg.TableSchema] = {}
         batches = (month_batches(lake, spec.inputs, months, partitions,

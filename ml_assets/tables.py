@@ -61,9 +61,17 @@ MODEL_REGISTRY = Table("ml", "model_registry", "trained_month", ("model_version"
 SCORE_REFERENCE = Table("ml", "score_reference", "trained_month", ("model_version", "loan_id"),
                         "Each model version's scores on its out-of-time set, the reference "
                         "monitoring compares months against", "model version x OOT loan")
+MODEL_APPROVALS = Table("ml", "model_approvals", "month", ("model_version", "decided_at"),
+                        "Every sign-off of a model version, by a person: approve or reject, "
+                        "who, why and when, at the month the version was trained (the gate "
+                        "month it applies to)", "sign-off of a model version")
 MODEL_ALIASES = Table("ml", "model_aliases", "month", ("alias",),
-                      "The champion alias, month by month, and why it moved or stayed",
-                      "alias x month")
+                      "The champion alias, month by month, why it moved or stayed, and its "
+                      "sign-off (approved, proposed, rejected)", "alias x month")
+SWAP_SETS = Table("ml", "swap_sets", "month", ("swap",),
+                  "Per gate month with a challenger proposed or promoted: the out-of-time loans "
+                  "the new model and the champion approve or decline (swap-in, swap-out, both), "
+                  "with counts and observed bad rates", "gate month x swap kind")
 FEATURE_IV = Table("ml", "feature_iv", "training_month", ("feature", "bin_index"),
                    "Per training month: each model feature's bins on the training split with "
                    "their weight of evidence, and the feature's information value",
@@ -115,6 +123,7 @@ def all_tables() -> tuple[Table, ...]:
     """Every table the platform publishes, quarantines included."""
     return (*RAW_TABLES.values(), *SILVER_TABLES, *map(quarantine_of, SILVER_TABLES),
             LABEL_STORE, FEATURE_STORE, SOURCE_COVERAGE, TRAINING_SET, MODEL_REGISTRY,
-            FEATURE_IV, SCORE_REFERENCE, MODEL_ALIASES, CUTOFF_STRATEGY, PREDICTIONS,
-            STABILITY, PERFORMANCE, EARLY_READ_PERFORMANCE, SEGMENT_PERFORMANCE, CALIBRATION,
-            DRIFT, RECOMMENDATION, SUMMARY, VINTAGE_CURVE, ROLL_RATE)
+            FEATURE_IV, SCORE_REFERENCE, MODEL_APPROVALS, MODEL_ALIASES, SWAP_SETS,
+            CUTOFF_STRATEGY, PREDICTIONS, STABILITY, PERFORMANCE, EARLY_READ_PERFORMANCE,
+            SEGMENT_PERFORMANCE, CALIBRATION, DRIFT, RECOMMENDATION, SUMMARY, VINTAGE_CURVE,
+            ROLL_RATE)

@@ -17,7 +17,7 @@ TEMPLATE = ModelRecord(
     train_auc=None, test_auc=None, oot_auc=None, oot_gini=None, oot_ks=None,
     oot_log_loss=None, oot_brier=None, metrics="{}", checks_passed=True, checks="{}",
     artifact_path="", artifact_digest="", code_version="", trained_at=datetime(2024, 6, 2),
-    input_versions="{}", training_config="{}")
+    input_versions="{}", training_config="{}", calibration='{"method": "none"}')
 
 
 def candidate(version: str, auc: float, passed: bool = True) -> ModelRecord:

@@ -297,6 +297,26 @@ def test_alias_history_follows_the_gate(demo):
         previous = row.model_version
 
 
+def test_auto_mode_signs_off_promotions_with_their_swap_sets(demo):
+    """champion.approval: auto (the default): every change of champion is approved by the gate,
+    nothing waits, and each promotion has its four swap kinds, which add up to the month's OOT
+    loans of the new version."""
+    _, config, *_ = demo
+    with catalog(config) as con:
+        history = con.execute("SELECT month, decision, status, signed_off_by, model_version "
+                              "FROM ml.model_aliases ORDER BY month").fetchall()
+        swaps = con.execute(
+            "SELECT s.month, s.new_version, count(*), sum(s.loans), any_value(r.n_oot) "
+            "FROM ml.swap_sets s JOIN ml.model_registry r ON r.model_version = s.new_version "
+            "GROUP BY ALL").fetchall()
+    changed = [row for row in history if row[1] in ("first", "promoted")]
+    assert changed and all(row[2:4] == ("approved", "gate") for row in changed)
+    assert all(row[2] in (None, "approved") for row in history)
+    promoted = {(row[0], row[4]) for row in history if row[1] == "promoted"}
+    assert {(month, version) for month, version, *_ in swaps} == promoted
+    assert all(kinds == 4 and loans == n_oot for _, _, kinds, loans, n_oot in swaps)
+
+
 def test_predictions_use_a_champion_trained_no_later_than_their_month(demo):
     _, config, *_ = demo
     with catalog(config) as con:

@@ -43,6 +43,17 @@ from ml_assets.plots import bar_chart
 from ml_assets.rating import grade_of
 from ml_assets.reasons import reason_codes
 from ml_assets.settings import source_of_feature
+from ml_assets.signoff import (
+    APPROVAL_CONFIG,
+    ApprovalRecord,
+    SignOffError,
+    SwapSetRecord,
+    approval_problem,
+    challenged_version,
+    sign_off,
+    swap_sets,
+    version_month,
+)
 from ml_assets.spec import (
     RESULT,
     WARN,
@@ -58,10 +69,12 @@ from ml_assets.tables import (
     FEATURE_STORE,
     LABEL_STORE,
     MODEL_ALIASES,
+    MODEL_APPROVALS,
     MODEL_REGISTRY,
     PREDICTIONS,
     SCORE_REFERENCE,
     SOURCE_COVERAGE,
+    SWAP_SETS,
     TRAINING_SET,
 )
 from resources.lake import MONTHS_KEY, Lake, LakeError, Table
@@ -196,6 +209,12 @@ class AliasRecord:
     min_auc_gain: float
     oot_month: date | None
     decided_at: datetime
+    # the sign-off (ml_assets.signoff): approved | proposed | rejected, None when nothing was
+    # proposed; who decided (`gate` for an automatic promotion), why, and when
+    status: str | None = None
+    signed_off_by: str | None = None
+    sign_off_reason: str | None = None
+    signed_off_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -590,34 +609,115 @@ def _published_alias(step: Step) -> AliasRecord | None:
     return found[0] if found else None
 
 
+def approvals_compute(step: Step) -> dict[Table, str]:
+    """ml.model_approvals: the decisions recorded for the run's months, kept, plus the run
+    config's (`APPROVAL_CONFIG`: version, action, by, reason) when it has one, checked against
+    the version's registry records (`approval_problem`). A decision is recorded in its
+    version's trained month, which must be the run's first month: the months after it are
+    re-decided in the same run. Raises SignOffError for a sign-off it refuses."""
+    lake, con, wanted = step.lake, step.con, step.run_config
+    published = set(lake.published_months(MODEL_APPROVALS))
+    recorded: list[ApprovalRecord] = []
+    if published & set(step.months):
+        lake.read(con, "recorded_approvals", MODEL_APPROVALS,
+                  sorted(published & set(step.months)))
+        recorded = read_records(con, "SELECT * FROM recorded_approvals ORDER BY decided_at",
+                                ApprovalRecord)
+    if wanted.get("version"):
+        version, action = wanted["version"], wanted.get("action", "")
+        month = version_month(version)
+        if month != step.months[0]:
+            raise SignOffError(
+                f"a sign-off of {version} re-decides the gate from {folder_label(month)} on: "
+                f"run it for {folder_label(month)} to the last month, not "
+                f"{folder_label(step.months[0])}..{folder_label(step.months[-1])}")
+        candidates = read_records(con, "SELECT * FROM model_registry WHERE trained_month = "
+                                  "$month", ModelRecord, {"month": month})
+        problem = approval_problem(version, action, wanted.get("by", ""),
+                                   wanted.get("reason", ""), candidates)
+        if problem:
+            raise SignOffError(problem)
+        [record] = [c for c in candidates if c.model_version == version]
+        decision = ApprovalRecord(month=month, model_version=version,
+                                  model_name=record.model_name, action=action,
+                                  decided_by=wanted["by"].strip(),
+                                  reason=wanted["reason"].strip(), decided_at=_now())
+        recorded.append(decision)
+        step.metadata(month, {"recorded": f"{action} {version} by {decision.decided_by}: "
+                                          f"{decision.reason}"})
+    for month in step.months:
+        step.metadata(month, {"decisions": sum(r.month == month for r in recorded)})
+    con.register("approval_rows", records_table(ApprovalRecord, recorded))
+    return {MODEL_APPROVALS: "SELECT * FROM approval_rows"}
+
+
+def _swap_sets(step: Step, row: AliasRecord, oot: pd.DataFrame | None,
+               old_scores: np.ndarray | None) -> list[SwapSetRecord]:
+    """The month's swap sets (`ml_assets.signoff.swap_sets`) of the challenged version (its
+    OOT scores from ml.score_reference) against the previous champion (`old_scores`, on the
+    same `oot` loans); none when nothing challenged the champion."""
+    new = challenged_version(row)
+    if new is None or oot is None or old_scores is None:
+        return []
+    scores = dict(step.con.execute(
+        "SELECT loan_id, score FROM score_reference WHERE model_version = $version",
+        {"version": new}).fetchall())
+    return swap_sets(row.month, new, row.previous_version, row.status,
+                     oot["observation_month"].max(), oot["label"].to_numpy(),
+                     oot["loan_id"].map(scores).to_numpy(), old_scores,
+                     step.models.decision_cutoff)
+
+
+def _gate_metadata(row: AliasRecord, swaps: Sequence[SwapSetRecord]) -> dict:
+    metadata = {"champion": row.model_version or "none", "decision": row.decision,
+                "status": row.status or "nothing proposed", "reason": row.reason,
+                "challenger_oot_auc": row.challenger_oot_auc,
+                "champion_oot_auc": row.champion_oot_auc,
+                "signed_off_by": row.signed_off_by or "none"}
+    if swaps:
+        metadata["swap_sets"] = dg.MetadataValue.md(
+            f"{swaps[0].new_version} vs {swaps[0].old_version} on the OOT loans of "
+            f"{folder_label(swaps[0].oot_month)}, cut-off {swaps[0].cutoff}\n\n"
+            + markdown_table(["swap", "loans", "share", "bads", "bad_rate", "mean_new_score",
+                              "mean_old_score"],
+                             [[s.swap, s.loans, s.share, s.bads, s.bad_rate, s.mean_new_score,
+                               s.mean_old_score] for s in swaps]))
+    return metadata
+
+
 def aliases_compute(step: Step) -> dict[Table, str]:
-    """ml.model_aliases: month after month, the best candidate of the month challenges the
-    previous month's champion on the month's OOT set (`decide`)."""
+    """ml.model_aliases and ml.swap_sets: month after month, the best candidate of the month
+    challenges the previous month's champion on the month's OOT set (`decide`), the month's
+    sign-offs and champion.approval make the verdict (`sign_off`), and the loans the two models
+    decide differently are counted (`_swap_sets`)."""
     store: ModelStore = step.resources["model_store"]
     previous = _published_alias(step)
     models: dict[str, Model] = {}
-    decisions = []
+    decisions, swaps = [], []
     for month in step.months:
         candidates = read_records(
             step.con, "SELECT * FROM model_registry WHERE trained_month = $month "
             "ORDER BY model_version", ModelRecord, {"month": month})
-        champion_auc = None
+        champion_auc, oot, old_scores = None, None, None
         if previous and previous.model_version and candidates:
             oot = training_frame(step.con, "training_set", month, "oot")
             if previous.model_version not in models:
                 models[previous.model_version] = store.load(previous.model_name,
                                                             previous.model_version)
-            champion_auc = metrics.auc(oot["label"],
-                                       models[previous.model_version].predict(oot))
-        row = decide(month, candidates, previous, champion_auc, step.models.min_auc_gain)
-        step.metadata(month, {"champion": row.model_version or "none",
-                              "decision": row.decision, "reason": row.reason,
-                              "challenger_oot_auc": row.challenger_oot_auc,
-                              "champion_oot_auc": row.champion_oot_auc})
+            old_scores = models[previous.model_version].predict(oot)
+            champion_auc = metrics.auc(oot["label"], old_scores)
+        verdict = decide(month, candidates, previous, champion_auc, step.models.min_auc_gain)
+        signed = read_records(step.con, "SELECT * FROM model_approvals WHERE month = $month",
+                              ApprovalRecord, {"month": month})
+        row = sign_off(verdict, previous, candidates, signed, step.models.approval)
+        month_swaps = _swap_sets(step, row, oot, old_scores)
+        step.metadata(month, _gate_metadata(row, month_swaps))
         decisions.append(row)
+        swaps += month_swaps
         previous = row
     step.con.register("alias_rows", records_table(AliasRecord, decisions))
-    return {MODEL_ALIASES: "SELECT * FROM alias_rows"}
+    step.con.register("swap_rows", records_table(SwapSetRecord, swaps))
+    return {MODEL_ALIASES: "SELECT * FROM alias_rows", SWAP_SETS: "SELECT * FROM swap_rows"}
 
 
 # -- predictions ------------------------------------------------------------------------------
@@ -700,20 +800,39 @@ def reasons_frame(model: Model, models: ModelConfig, frame: pd.DataFrame,
                          "reason_text": text})
 
 
+def sign_off_note(champion: str | None, status: str | None, challenger: str | None,
+                  signed_off_by: str | None) -> str:
+    """What the predictions metadata says of the month's champion: always the last approved
+    one (ml.model_aliases' model_version), and a proposal pending or rejected beside it."""
+    scoring = f"scored by {champion}, the last approved champion" if champion else \
+        "no approved champion"
+    if status == "proposed":
+        return f"{scoring}; {challenger} is proposed and awaits sign-off"
+    if status == "rejected":
+        return f"{scoring}; {challenger} was rejected by {signed_off_by}"
+    if status == "approved":
+        return f"{scoring}; promoted this month, approved by {signed_off_by}"
+    return scoring
+
+
 def predictions_compute(step: Step) -> dict[Table, str]:
     """gold.predictions: every loan of the application month scored by the month's champion,
     graded on the rating master scale, decided approve / decline at the month's cut-off
     (`month_cutoff`, predictions.cutoff_mode) or, missing a source in an outage, refer, with
     the reason codes of its score; a month whose coverage fails is published flagged, or
-    blocked (no rows) with coverage.on_failure: block. The champion's artifacts come from the
-    model store."""
+    blocked (no rows) with coverage.on_failure: block. The champion is ml.model_aliases'
+    model_version: only an approved one, never a proposal awaiting sign-off (`sign_off_note`
+    says which in the metadata). Its artifacts come from the model store."""
     con, store = step.con, step.resources["model_store"]
     on_failure = step.config.coverage.on_failure
     missing_sql = ", ".join(f"CASE WHEN {condition} THEN '{source}' END"
                             for source, condition in MISSING_SOURCE.items())
-    champions = {row[0]: row[1:] for row in con.execute(
+    champions = {row[0]: row[1:4] for row in con.execute(
         "SELECT month, model_name, model_version, trained_month FROM model_aliases "
         "WHERE alias = $alias", {"alias": ALIAS}).fetchall()}
+    sign_offs = {row[0]: sign_off_note(*row[1:]) for row in con.execute(
+        "SELECT month, model_version, status, challenger_version, signed_off_by FROM "
+        "model_aliases WHERE alias = $alias", {"alias": ALIAS}).fetchall()}
     coverage: dict[date, list[tuple]] = {}
     for month, *row in con.execute("SELECT application_month, source, status, message "
                                    "FROM source_coverage ORDER BY ALL").fetchall():
@@ -737,7 +856,8 @@ def predictions_compute(step: Step) -> dict[Table, str]:
         if version is None or blocked:
             step.metadata(month, {"model_version": version or "none", "reason": (
                 f"blocked (coverage.on_failure: block): {issue}" if blocked
-                else "no champion yet in this month")})
+                else "no approved champion yet in this month"),
+                "champion_sign_off": sign_offs.get(month, "no gate decision")})
             scores = np.empty(0)
         else:
             chosen = month_cutoff(step, champion_reference(step, version, trained), version)
@@ -771,6 +891,7 @@ def predictions_compute(step: Step) -> dict[Table, str]:
                     {g: int((grades == g).sum()) for g, _ in step.models.rating_scale}),
                 "declined_share": shares["decline"], "approved_share": shares["approve"],
                 "referred_share": shares["refer"], "coverage_status": status,
+                "champion_sign_off": sign_offs[month],
                 **({"coverage_issue": issue} if issue else {}),
             })
         valid = bool(((scores >= 0) & (scores <= 1)).all())
@@ -824,8 +945,19 @@ def ml_specs(build: Build) -> list[TableSpec]:
                         "(with the Delta versions its training set read), its out-of-time "
                         "scores in ml.score_reference, its artifacts in the model store."),
         TableSpec(
-            table=MODEL_ALIASES, compute=aliases_compute,
+            table=MODEL_APPROVALS, compute=approvals_compute,
+            inputs=(Input(MODEL_REGISTRY, "model_registry"),),
+            kinds=frozenset({"python", "deltalake"}), config_schema=APPROVAL_CONFIG,
+            # a sign-off reads the month's decisions and adds one: one writer at a time
+            pool="champion_gate",
+            description="Sign-offs of model versions by people (approve or reject, who, why, "
+                        "when), recorded by the job champion_approval or `vintage model "
+                        "approve|reject`; the champion gate honours them."),
+        TableSpec(
+            table=MODEL_ALIASES, also_writes=(SWAP_SETS,), compute=aliases_compute,
             inputs=(Input(MODEL_REGISTRY, "model_registry"), Input(TRAINING_SET, "training_set"),
+                    Input(SCORE_REFERENCE, "score_reference"),
+                    Input(MODEL_APPROVALS, "model_approvals"),
                     Input(MODEL_ALIASES, "previous_aliases", rules.previous)),
             resources=("model_store",), kinds=frozenset({"python", "deltalake"}),
             # month M's gate reads month M-1's decision: one gate at a time across runs (the
@@ -833,7 +965,10 @@ def ml_specs(build: Build) -> list[TableSpec]:
             pool="champion_gate",
             description="The champion gate, month by month: the best candidate challenges the "
                         "previous month's champion on this month's out-of-time data, and wins "
-                        f"by an OOT AUC at least {models.min_auc_gain} higher."),
+                        f"by an OOT AUC at least {models.min_auc_gain} higher; signed off "
+                        f"{'by the gate' if models.approval == 'auto' else 'by a person'} "
+                        f"(champion.approval: {models.approval}), with the swap sets of the "
+                        "challenge in ml.swap_sets."),
         TableSpec(
             table=PREDICTIONS, compute=predictions_compute, batched=True,
             inputs=(Input(FEATURE_STORE, "gold_feature_store"),
