@@ -753,7 +753,8 @@ def test_calibration_by_grade_equals_an_independent_recomputation(demo):
                 SELECT date_trunc('month', l.snapshot_date)::DATE AS month, l.label AS o,
                        p.score AS e, 1 AS n, ntile(10) OVER (PARTITION BY
                        date_trunc('month', l.snapshot_date) ORDER BY p.score, p.loan_id) AS decile
-                FROM gold.predictions p JOIN gold.label_store l USING (loan_id))
+                FROM gold.predictions p JOIN gold.label_store l USING (loan_id)
+                WHERE l.label_def = '30dpd_6mob')
             GROUP BY month, decile""").df()
     assert len(calibration.groupby("month")) == 13  # label months 2024-07 .. 2025-07
     assert len(calibration) == 13 * len(scale)  # every grade, one champion per vintage

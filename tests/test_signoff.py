@@ -245,7 +245,7 @@ def assert_consistent(warehouse: Warehouse) -> None:
         assert scored.get(row["month"], set()) == expected, row["month"]
 
 
-def test_manual_mode_proposes_and_does_not_promote(warehouse):
+def manual_mode_proposes_and_does_not_promote(warehouse):
     history = aliases(warehouse)
     assert [r["month"] for r in history] == list(month_range(FIRST, LAST))
     assert {r["model_version"] for r in history} == {None}
@@ -260,7 +260,7 @@ def test_manual_mode_proposes_and_does_not_promote(warehouse):
     assert warehouse.lake().published_months(MODEL_APPROVALS) == list(month_range(FIRST, LAST))
 
 
-def test_the_job_approves_and_redecides_the_later_months(warehouse):
+def the_job_approves_and_redecides_the_later_months(warehouse):
     proposal = next(r for r in aliases(warehouse) if r["month"] == FIRST_TRAINED)
     refused = approve_in_process(warehouse, proposal["challenger_version"], "approve",
                                  date(2024, 2, 1), LAST)
@@ -309,10 +309,10 @@ def test_the_job_approves_and_redecides_the_later_months(warehouse):
         == [(FIRST_TRAINED, proposal["challenger_version"], "approve", "Ana Risk")]
 
 
-def test_the_cli_promotes_by_hand(warehouse):
+def the_cli_promotes_by_hand(warehouse):
     """Approve a 2024-02 candidate that is not champion (a hand promotion, the one with the
-    lowest OOT AUC): the months after it are re-decided, consistently. (The tests of this
-    module run in order on one warehouse: this one follows the job's approval.)"""
+    lowest OOT AUC): the months after it are re-decided, consistently. It follows the job's
+    approval."""
     history = {r["month"]: r for r in aliases(warehouse)}
     month = date(2024, 2, 1)
     registry = [r for r in rows(warehouse, MODEL_REGISTRY)
@@ -335,7 +335,7 @@ def test_the_cli_promotes_by_hand(warehouse):
         (chosen, history[FIRST_TRAINED]["model_version"], "approved")}
 
 
-def test_swap_sets_match_the_reference_scores(warehouse):
+def swap_sets_match_the_reference_scores(warehouse):
     """Recomputed here from ml.score_reference (the new model's OOT scores and labels) and the
     old champion scored on the same OOT loans of gold.training_set."""
     store = warehouse.store()
@@ -368,7 +368,7 @@ def test_swap_sets_match_the_reference_scores(warehouse):
                 else row.bad_rate == pytest.approx(rate)
 
 
-def test_the_cli_rejects(warehouse):
+def the_cli_rejects(warehouse):
     """Reject the version promoted by hand: the champion of 2024-01 is back, later months too."""
     month = date(2024, 2, 1)
     before = {r["month"]: r for r in aliases(warehouse)}
@@ -384,6 +384,18 @@ def test_the_cli_rejects(warehouse):
     decisions = sorted(rows(warehouse, MODEL_APPROVALS), key=lambda r: r["decided_at"])
     assert [(r["model_version"], r["action"]) for r in decisions][-2:] == [
         (chosen, "approve"), (chosen, "reject")]
+
+
+def test_the_sign_off_of_a_manual_warehouse_step_by_step(warehouse):
+    """One warehouse through a validator's sequence, in this order (one test: pytest-xdist
+    does not keep a module's tests in order): manual mode proposes and promotes nothing; the
+    job approves the first proposal and re-decides the later months; the CLI promotes another
+    version by hand; the swap sets match the reference scores; the CLI rejects that version."""
+    manual_mode_proposes_and_does_not_promote(warehouse)
+    the_job_approves_and_redecides_the_later_months(warehouse)
+    the_cli_promotes_by_hand(warehouse)
+    swap_sets_match_the_reference_scores(warehouse)
+    the_cli_rejects(warehouse)
 
 
 def test_the_cli_refuses_what_it_cannot_sign_off(warehouse):
