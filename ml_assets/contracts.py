@@ -19,7 +19,7 @@ import duckdb
 import yaml
 
 from ml_assets.months import folder_label
-from ml_assets.settings import CONFIG_DIR, SettingsError
+from ml_assets.settings import CONFIG_DIR, SettingsError, read_yaml
 from resources.sources import DEFAULT_NULL_VALUES, Reading
 
 TYPES = ("text", "category", "integer", "number", "date")
@@ -112,15 +112,17 @@ def _reading(path: Path, name: str, source: dict, defaults: dict) -> Reading:
         raise SettingsError(f"{path}: {name}: {error}") from None
 
 
+def contracts_file() -> Path:
+    """The contract file in use: VINTAGE_CONTRACTS, else config/contracts.yaml."""
+    return Path(os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml")
+
+
 def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:
     """The data contracts in `path` (default: VINTAGE_CONTRACTS, else config/contracts.yaml),
     by source name. Raises SettingsError naming the file, source and setting that is wrong."""
-    path = Path(path or os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SettingsError(f"{path} not found (set by VINTAGE_CONTRACTS, or the project's "
-                            f"config folder)") from None
+    path = Path(path or contracts_file())
+    raw = read_yaml(path, f"{path} not found (set by VINTAGE_CONTRACTS, or the project's config "
+                          "folder)")
     defaults = raw.get("defaults", {})
     _reading(path, "defaults", defaults, {})
     contracts = {}

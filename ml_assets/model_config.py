@@ -8,9 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ml_assets.settings import CONFIG_DIR, SettingsError
+from ml_assets.settings import CONFIG_DIR, SettingsError, read_yaml
 
 ALGORITHMS = ("lightgbm", "logistic_regression")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
@@ -74,11 +72,8 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
     read when called (the code location reads it once, in `load_build`). Raises SettingsError
     for an unknown algorithm, a bad model name, no models, or a share or count out of range."""
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SettingsError(f"{path} not found (set by VINTAGE_MODELS, or the project's "
-                            f"config folder)") from None
+    raw = read_yaml(path, f"{path} not found (set by VINTAGE_MODELS, or the project's config "
+                          "folder)")
     training, champion = raw.get("training", {}), raw.get("champion", {})
     default_features = _features(raw.get("features", {}), f"{path}: features")
     models = []
