@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -19,7 +18,7 @@ import duckdb
 import yaml
 
 from ml_assets.months import folder_label
-from ml_assets.settings import CONFIG_DIR, SettingsError, read_yaml
+from ml_assets.settings import SettingsError, contracts_file, read_yaml
 from resources.sources import DEFAULT_NULL_VALUES, Reading
 
 TYPES = ("text", "category", "integer", "number", "date")
@@ -110,11 +109,6 @@ def _reading(path: Path, name: str, source: dict, defaults: dict) -> Reading:
         return Reading(**{key: value for key, value in chosen.items() if value is not None})
     except ValueError as error:
         raise SettingsError(f"{path}: {name}: {error}") from None
-
-
-def contracts_file() -> Path:
-    """The contract file in use: VINTAGE_CONTRACTS, else config/contracts.yaml."""
-    return Path(os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml")
 
 
 def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:

@@ -50,6 +50,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def contracts_file() -> Path:
+    """The contract file in use: VINTAGE_CONTRACTS, else config/contracts.yaml; relative to
+    the working directory when inside it (as a message shows it)."""
+    path = Path(os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml").resolve()
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def read_yaml(path: Path, missing: str) -> dict:
     """The mapping in the YAML file `path` ({} when empty). Raises SettingsError naming the
     file: `missing` when it does not exist, the line of a key given twice in one block, or

@@ -22,11 +22,10 @@ from ml_assets.contracts import (
     Finding,
     blocking,
     contracts,
-    contracts_file,
     validate_source,
 )
 from ml_assets.metadata import markdown_table
-from ml_assets.settings import SettingsError
+from ml_assets.settings import SettingsError, contracts_file
 from ml_assets.spec import WARN, Build, Check, Step, StepFailed, TableSpec, asset_key
 from ml_assets.tables import RAW_TABLES
 from resources.lake import Lake, Table, sql_text
