@@ -62,16 +62,14 @@ def contracts_file() -> Path:
 
 def read_yaml(path: Path, missing: str) -> dict:
     """The mapping in the YAML file `path` ({} when empty). Raises SettingsError naming the
-    file: `missing` when it does not exist, the line of a key given twice in one block, or
-    where the YAML does not parse."""
+    file: `missing` when it does not exist, or the line of a key given twice in one block.
+    YAML that does not parse raises yaml.YAMLError (the CLI names the file and its kind)."""
     try:
         return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise SettingsError(missing) from None
     except SettingsError as error:
         raise SettingsError(f"{path}: {error}") from None
-    except yaml.YAMLError as error:
-        raise SettingsError(f"{path}: not valid YAML: {error}") from None
 
 
 @dataclass(frozen=True)
