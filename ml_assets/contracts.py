@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -19,7 +18,7 @@ import duckdb
 import yaml
 
 from ml_assets.months import folder_label
-from ml_assets.settings import CONFIG_DIR, SettingsError
+from ml_assets.settings import SettingsError, contracts_file, read_yaml
 from resources.sources import DEFAULT_NULL_VALUES, Reading
 
 TYPES = ("text", "category", "integer", "number", "date")
@@ -115,12 +114,9 @@ def _reading(path: Path, name: str, source: dict, defaults: dict) -> Reading:
 def load_contracts(path: Path | None = None) -> dict[str, SourceContract]:
     """The data contracts in `path` (default: VINTAGE_CONTRACTS, else config/contracts.yaml),
     by source name. Raises SettingsError naming the file, source and setting that is wrong."""
-    path = Path(path or os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SettingsError(f"{path} not found (set by VINTAGE_CONTRACTS, or the project's "
-                            f"config folder)") from None
+    path = Path(path or contracts_file())
+    raw = read_yaml(path, f"{path} not found (set by VINTAGE_CONTRACTS, or the project's config "
+                          "folder)")
     defaults = raw.get("defaults", {})
     _reading(path, "defaults", defaults, {})
     contracts = {}

@@ -8,9 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ml_assets.settings import CONFIG_DIR, SettingsError
+from ml_assets.settings import CONFIG_DIR, SettingsError, read_yaml
 
 ALGORITHMS = ("lightgbm", "logistic_regression")
 CALIBRATIONS = ("none", "platt", "isotonic")
@@ -113,11 +111,8 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
     of range, a missing or unordered rating scale, an unknown cut-off mode, or IV bands out of
     order."""
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SettingsError(f"{path} not found (set by VINTAGE_MODELS, or the project's "
-                            f"config folder)") from None
+    raw = read_yaml(path, f"{path} not found (set by VINTAGE_MODELS, or the project's config "
+                          "folder)")
     training, champion = raw.get("training", {}), raw.get("champion", {})
     predictions, woe = raw.get("predictions") or {}, raw.get("woe") or {}
     default_features = _features(raw.get("features", {}), f"{path}: features")

@@ -34,6 +34,44 @@ class SettingsError(ValueError):
     """The configuration file holds a value the platform cannot use."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML itself keeps the
+    last one silently: a second `sources:` pasted at the end of a file drops the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise SettingsError(
+                    f"line {key_node.start_mark.line + 1}: `{key}` is given twice in the same "
+                    "block (YAML would keep only the last one): merge the two into one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def contracts_file() -> Path:
+    """The contract file in use: VINTAGE_CONTRACTS, else config/contracts.yaml; relative to
+    the working directory when inside it (as a message shows it)."""
+    path = Path(os.environ.get("VINTAGE_CONTRACTS") or CONFIG_DIR / "contracts.yaml").resolve()
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def read_yaml(path: Path, missing: str) -> dict:
+    """The mapping in the YAML file `path` ({} when empty). Raises SettingsError naming the
+    file: `missing` when it does not exist, or the line of a key given twice in one block.
+    YAML that does not parse raises yaml.YAMLError (the CLI names the file and its kind)."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except FileNotFoundError:
+        raise SettingsError(missing) from None
+    except SettingsError as error:
+        raise SettingsError(f"{path}: {error}") from None
+
+
 @dataclass(frozen=True)
 class LabelDefinition:
     """Default = dpd >= `dpd` at months on book `mob`; named `{dpd}dpd_{mob}mob`."""
@@ -305,10 +343,7 @@ def _analytics(raw: dict) -> AnalyticsSettings:
 def load_settings(config_file: Path | None = None, environ: dict | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     path = Path(config_file or environ.get("VINTAGE_CONFIG") or CONFIG_DIR / "vintage.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SettingsError(f"configuration file {path} not found") from None
+    raw = read_yaml(path, f"configuration file {path} not found")
     paths, demo = raw.get("paths", {}), raw.get("demo", {})
     months, label = raw.get("months", {}), raw.get("label", {})
     duck = raw.get("duckdb", {})

@@ -194,7 +194,9 @@ def _zip_member(archive: zipfile.ZipFile, file: Path) -> str:
 
 
 def _config_hint(name: str, setting: str) -> str:
-    return f"set `{setting}` for {name} in config/contracts.yaml"
+    from ml_assets.settings import contracts_file
+
+    return f"set `{setting}` for {name} in {contracts_file()}"
 
 
 def _check_names(names: list[str], file: Path) -> None:

@@ -23,6 +23,8 @@ from ml_assets.tables import SILVER_LOAN_DAILY
 from resources.lake import Lake
 from tests.conftest import VINTAGE, run_vintage
 
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
 
 def vintage(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     return run_vintage(*args, env=env, timeout=timeout)
@@ -208,6 +210,42 @@ def test_a_missing_contract_or_model_file_exits_2_naming_it(variable, tmp_path):
                         "VINTAGE_WAREHOUSE": str(tmp_path / "wh")}, timeout=300)
     assert done.returncode == 2, done.stderr
     assert f"{missing} not found (set by {variable}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("variable", "file"), [("VINTAGE_CONTRACTS", "contracts.yaml"),
+                                                ("VINTAGE_MODELS", "models.yaml"),
+                                                ("VINTAGE_CONFIG", "vintage.yaml")])
+def test_a_config_file_with_a_key_given_twice_exits_2_naming_file_and_line(variable, file,
+                                                                           tmp_path):
+    """A block pasted at the end of a copy repeats a top-level key: YAML would keep the last
+    one and silently drop the first (seen: every source contract gone)."""
+    copy = tmp_path / file
+    text = (CONFIG / file).read_text()
+    first_key = next(line.split(":")[0] for line in text.splitlines()
+                     if line and line[0].isalpha() and line.rstrip().endswith(":"))
+    copy.write_text(f"{text}\n{first_key}:\n  pasted: 1\n")
+    done = vintage("run", "--from", "2023-01", "--to", "2023-01",
+                   env={"DAGSTER_HOME": str(tmp_path / "home"), variable: str(copy),
+                        "VINTAGE_WAREHOUSE": str(tmp_path / "wh")}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    line = len(text.splitlines()) + 2
+    assert f"{copy}: line {line}: `{first_key}` is given twice in the same block" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_contract_file_without_a_source_exits_2_naming_the_file(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((CONFIG / "contracts.yaml").read_text())
+    del raw["sources"]["lms_loan_daily"]
+    copy = tmp_path / "contracts.yaml"
+    copy.write_text(yaml.safe_dump(raw))
+    done = vintage("run", "--from", "2023-01", "--to", "2023-01",
+                   env={"DAGSTER_HOME": str(tmp_path / "home"), "VINTAGE_CONTRACTS": str(copy),
+                        "VINTAGE_WAREHOUSE": str(tmp_path / "wh")}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"{copy} has no contract for lms_loan_daily" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -18,8 +18,14 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from ml_assets.contracts import ContractError, Finding, blocking, contracts, validate_source
+from ml_assets.contracts import (
+    Finding,
+    blocking,
+    contracts,
+    validate_source,
+)
 from ml_assets.metadata import markdown_table
+from ml_assets.settings import SettingsError, contracts_file
 from ml_assets.spec import WARN, Build, Check, Step, StepFailed, TableSpec, asset_key
 from ml_assets.tables import RAW_TABLES
 from resources.lake import Lake, Table, sql_text
@@ -78,7 +84,7 @@ def check_run_sources(lake: Lake, sources: Sources, names: list[str],
     it and records the staged copies and findings under `<work>/runs/<run_id>.json`; the run's
     raw steps (in this process or another) read that record, so all of them ingest the same
     file versions and each file is read once. Returns source -> (staged copy, findings by
-    month). Raises ContractError for a source without a contract, SourceError for a file that
+    month). Raises SettingsError for a source without a contract, SourceError for a file that
     cannot be read."""
     path = _record_path(lake, run_id)
     recorded = _load_record(path, months)
@@ -90,7 +96,8 @@ def check_run_sources(lake: Lake, sources: Sources, names: list[str],
         for name in names:
             contract = contracts().get(name)
             if contract is None:
-                raise ContractError(f"config/contracts.yaml has no contract for {name}")
+                raise SettingsError(f"{contracts_file()} has no contract for {name} (under "
+                                    "`sources:`)")
             staged = sources.stage(name)
             checked[name] = (staged, validate_source(con, staged, contract, months))
     _save_record(path, months, checked)
