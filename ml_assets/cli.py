@@ -650,7 +650,8 @@ def cmd_model_sign_off(args) -> int:
                             f"{folder_label(month)})")
     with _progress() as on_step:
         summary = run(folder_label(month), folder_label(decided[-1]),
-                      "key:ml/model_approvals or key:ml/model_aliases or key:gold/predictions",
+                      "key:ml/model_approvals or key:ml/model_aliases or key:gold/predictions "
+                      "or key:ml/validation_reports",
                       verbose=args.verbose, on_step=on_step, job_name=champion_approval.name,
                       run_config=approval_run_config(args.version, args.action, args.by,
                                                      args.reason))
@@ -665,6 +666,43 @@ def cmd_model_sign_off(args) -> int:
     for row in rows:
         print(f"  {folder_label(row.month)}  {row.model_version or 'none':<22} "
               f"{row.decision:<9} {row.status or '-':<9} {row.signed_off_by or ''}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Print where a model version's validation report is, as a local file: the warehouse's
+    own file for a folder warehouse, else (a bucket, or --out) a copy written to --out or
+    `<version>.html` in the working directory. Exit 2 when the version has no report."""
+    _set_paths(args)
+    config = _settings()
+    from ml_assets.assets.monitoring import report_store, validation_file
+    from ml_assets.definitions import build_lake
+    from ml_assets.months import folder_label
+    from ml_assets.signoff import version_month
+    from resources.storage import StorageError
+
+    store = report_store(build_lake(config))
+    path = validation_file(args.version)
+    try:
+        if store.bucket or args.out:
+            html = store.read_bytes(path)
+        elif not store.exists(path):
+            raise FileNotFoundError(path)
+    except FileNotFoundError:
+        month = folder_label(version_month(args.version))
+        raise ArgumentError(
+            f"no validation report of {args.version} in {store.uri_of('validation')}: "
+            f"materialise it (vintage run --from {month} --to {month} --select "
+            f"key:ml/validation_reports)") from None
+    except StorageError as error:
+        print(f"vintage: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if not (store.bucket or args.out):
+        print(store.uri_of(path))
+        return 0
+    out = args.out or Path(f"{args.version}.html")
+    out.write_bytes(html)
+    print(out.resolve())
     return 0
 
 
@@ -796,6 +834,17 @@ def parser() -> argparse.ArgumentParser:
         sign.add_argument("--verbose", action="store_true", help="show Dagster's step logs")
         add_paths(sign, warehouse=_existing_warehouse)
         sign.set_defaults(handler=cmd_model_sign_off, action=action)
+
+    report = commands.add_parser(
+        "report", help="a model version's validation report as a local file: prints its path "
+                       "(copied from a bucket warehouse, or to --out)")
+    report.add_argument("version", type=_model_version,
+                        help="a model version of ml.model_registry, e.g. lightgbm-2025-01")
+    report.add_argument("--out", type=_file_to_write,
+                        help="copy the report to this file (default: the warehouse's own file "
+                             "for a folder warehouse, <version>.html here for a bucket)")
+    add_paths(report, source=False, warehouse=_existing_warehouse)
+    report.set_defaults(handler=cmd_report)
 
     predictions = commands.add_parser("predictions", help="the published predictions")
     predictions_commands = predictions.add_subparsers(dest="predictions_command", required=True)

@@ -32,12 +32,12 @@ APPROVAL_OP = "ml__model_approvals"
 champion_approval = dg.define_asset_job(
     "champion_approval",
     selection=keys(["ml", "model_approvals"], ["ml", "model_aliases"], ["ml", "swap_sets"],
-                   ["gold", "predictions"]),
+                   ["ml", "validation_reports"], ["gold", "predictions"]),
     description="Approve or reject a model version as champion (config of ml__model_approvals: "
                 "version, action approve|reject, by, reason), for the months from the version's "
                 "trained month to the last one: records the sign-off in ml.model_approvals and "
-                "re-decides the champion gate, the swap sets and the predictions of those "
-                "months.",
+                "re-decides the champion gate, the swap sets, the validation reports and the "
+                "predictions of those months.",
 )
 
 

@@ -101,3 +101,9 @@ def tradeoff_chart(approval: Sequence[float], bad_rate: Sequence[float | None],
     axes.tick_params(labelsize=7)
     axes.set_title(title, fontsize=9)
     return _markdown_image(figure, title)
+
+
+def data_uri(image: str) -> str:
+    """The PNG data URI inside a chart of this module (a Markdown image `![title](uri)`), for
+    an HTML page that embeds it (`<img src="...">`: no file or server needed)."""
+    return image[image.index("](") + 2:-1]

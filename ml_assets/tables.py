@@ -80,6 +80,11 @@ CUTOFF_STRATEGY = Table("ml", "cutoff_strategy", "month", ("band",),
                         "Per month: the champion's out-of-time reference in score bands, the "
                         "approval rate and expected bad rate of each cut-off, and the cut-off "
                         "used", "month x score band")
+VALIDATION_REPORTS = Table("ml", "validation_reports", "trained_month", ("model_version",),
+                           "One validation report per model version (an HTML file in the "
+                           "warehouse's reports/validation/): where it is, the version's sign-off "
+                           "status and the limitations the report names",
+                           "model version")
 PREDICTIONS = Table("gold", "predictions", "application_month", ("loan_id",),
                     "Every loan of the application month scored by the champion as of that "
                     "month", "loan at its application month")
@@ -124,6 +129,6 @@ def all_tables() -> tuple[Table, ...]:
     return (*RAW_TABLES.values(), *SILVER_TABLES, *map(quarantine_of, SILVER_TABLES),
             LABEL_STORE, FEATURE_STORE, SOURCE_COVERAGE, TRAINING_SET, MODEL_REGISTRY,
             FEATURE_IV, SCORE_REFERENCE, MODEL_APPROVALS, MODEL_ALIASES, SWAP_SETS,
-            CUTOFF_STRATEGY, PREDICTIONS, STABILITY, PERFORMANCE, EARLY_READ_PERFORMANCE,
-            SEGMENT_PERFORMANCE, CALIBRATION, DRIFT, RECOMMENDATION, SUMMARY, VINTAGE_CURVE,
-            ROLL_RATE)
+            CUTOFF_STRATEGY, VALIDATION_REPORTS, PREDICTIONS, STABILITY, PERFORMANCE,
+            EARLY_READ_PERFORMANCE, SEGMENT_PERFORMANCE, CALIBRATION, DRIFT, RECOMMENDATION,
+            SUMMARY, VINTAGE_CURVE, ROLL_RATE)

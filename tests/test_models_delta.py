@@ -24,6 +24,7 @@ import yaml
 from deltalake import DeltaTable, write_deltalake
 from scipy import special
 
+from ml_assets.assets.credit_review import credit_review_specs
 from ml_assets.assets.gold import gold_specs
 from ml_assets.assets.models import (
     AliasRecord,
@@ -66,6 +67,7 @@ class Warehouse:
     root: Path
     source: Path
     models_file: Path
+    review: bool = False  # with the credit-review tables (IV, cut-offs, validation reports)
 
     @property
     def environ(self) -> dict[str, str]:
@@ -82,17 +84,22 @@ class Warehouse:
     def store(self):
         return build_resources(self.build().config)["model_store"]
 
+    def definitions(self, jobs) -> dg.Definitions:
+        """The tables raw .. predictions (and the credit-review ones, with `review`) with
+        `jobs`, executed in process."""
+        build = self.build()
+        specs = [*raw_specs(build), *silver_specs(build), *gold_specs(build), *ml_specs(build),
+                 *(credit_review_specs(build) if self.review else ())]
+        return dg.Definitions(assets=[table_asset(spec, build) for spec in specs],
+                              resources=build_resources(build.config), jobs=jobs,
+                              executor=dg.in_process_executor)
+
     def materialise(self, first: date, last: date, tables=None) -> dg.ExecuteInProcessResult:
         """Materialise every table (or `tables`) for first..last in one run, as a single-run
         backfill does."""
-        build = self.build()
-        specs = [*raw_specs(build), *silver_specs(build), *gold_specs(build), *ml_specs(build)]
         selection = (dg.AssetSelection.all() if tables is None else dg.AssetSelection.assets(
             *map(asset_key, tables)).required_multi_asset_neighbors())
-        defs = dg.Definitions(assets=[table_asset(spec, build) for spec in specs],
-                              resources=build_resources(build.config),
-                              jobs=[dg.define_asset_job("run", selection=selection)],
-                              executor=dg.in_process_executor)
+        defs = self.definitions([dg.define_asset_job("run", selection=selection)])
         return defs.resolve_job_def("run").execute_in_process(
             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
             tags={"dagster/asset_partition_range_start": first.isoformat(),

@@ -16,11 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ml_assets.assets.gold import gold_specs
-from ml_assets.assets.models import AliasRecord, ml_specs
-from ml_assets.assets.raw import raw_specs
-from ml_assets.assets.silver import silver_specs
-from ml_assets.definitions import build_resources
+from ml_assets.assets.models import AliasRecord
 from ml_assets.jobs import approval_run_config, champion_approval
 from ml_assets.model_config import load_model_config
 from ml_assets.months import month_range
@@ -35,7 +31,6 @@ from ml_assets.signoff import (
     swap_sets,
     version_month,
 )
-from ml_assets.spec import table_asset
 from ml_assets.tables import (
     MODEL_ALIASES,
     MODEL_APPROVALS,
@@ -201,7 +196,9 @@ def warehouse(tmp_path_factory) -> Warehouse:
 
     folder = tmp_path_factory.mktemp("signoff")
     generate(folder / "source", scale=0.2, seed=3)
-    built = Warehouse(folder / "warehouse", folder / "source", manual_models_file(folder))
+    # with the credit-review tables: the job champion_approval writes the validation reports
+    built = Warehouse(folder / "warehouse", folder / "source", manual_models_file(folder),
+                      review=True)
     succeeded(built.materialise(FIRST, LAST))
     return built
 
@@ -213,11 +210,7 @@ def aliases(warehouse: Warehouse) -> list[dict]:
 def approve_in_process(warehouse: Warehouse, version: str, action: str, first: date,
                        last: date) -> dg.ExecuteInProcessResult:
     """The job champion_approval, as the UI launches it: its config, months first..last."""
-    build = warehouse.build()
-    specs = [*raw_specs(build), *silver_specs(build), *gold_specs(build), *ml_specs(build)]
-    defs = dg.Definitions(assets=[table_asset(spec, build) for spec in specs],
-                          resources=build_resources(build.config), jobs=[champion_approval],
-                          executor=dg.in_process_executor)
+    defs = warehouse.definitions([champion_approval])
     return defs.resolve_job_def(champion_approval.name).execute_in_process(
         run_config=approval_run_config(version, action, "Ana Risk", "validated on 2023 OOT"),
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,

@@ -40,10 +40,16 @@ from ml_assets.tables import (
     FEATURE_IV,
     LABEL_STORE,
     MODEL_ALIASES,
+    MODEL_APPROVALS,
+    MODEL_REGISTRY,
     PREDICTIONS,
     SCORE_REFERENCE,
+    SOURCE_COVERAGE,
+    SWAP_SETS,
     TRAINING_SET,
+    VALIDATION_REPORTS,
 )
+from ml_assets.validation import SELF_CONTAINED, validation_reports_compute
 from ml_assets.woe import iv_band, woe_bins
 from resources.lake import Table
 
@@ -293,8 +299,9 @@ def feature_iv_compute(step: Step) -> dict[Table, str]:
 
 
 def credit_review_specs(build: Build) -> list[TableSpec]:
-    """WoE / IV per training month, the cut-off strategy of each month's champion, and
-    calibration by grade when labels mature (thresholds from `build.config.monitoring`)."""
+    """WoE / IV per training month, the cut-off strategy of each month's champion, the
+    validation report of every candidate, and calibration by grade when labels mature
+    (thresholds from `build.config.monitoring`)."""
     thresholds, rules = build.config.monitoring, build.rules
     return [
         TableSpec(
@@ -310,6 +317,21 @@ def credit_review_specs(build: Build) -> list[TableSpec]:
             inputs=(Input(MODEL_ALIASES, "model_aliases"),
                     Input(SCORE_REFERENCE, "ml_score_reference", lookup=True)),
             kinds=frozenset({"python", "deltalake"})),
+        TableSpec(
+            table=VALIDATION_REPORTS, compute=validation_reports_compute,
+            inputs=(Input(MODEL_REGISTRY, "model_registry"),
+                    Input(SCORE_REFERENCE, "score_reference"),
+                    Input(TRAINING_SET, "training_set"), Input(FEATURE_IV, "feature_iv"),
+                    Input(MODEL_ALIASES, "model_aliases"), Input(SWAP_SETS, "swap_sets"),
+                    Input(MODEL_APPROVALS, "model_approvals"),
+                    Input(SOURCE_COVERAGE, "source_coverage", rules.training_features)),
+            checks=(SELF_CONTAINED,), resources=("model_store",),
+            kinds=frozenset({"python", "html", "deltalake"}),
+            description="A validation report per candidate model version (HTML in the "
+                        "warehouse's reports/validation/, linked from this materialisation and "
+                        "from ml/model_registry's): window, samples, label, features with IV "
+                        "and importance, metrics by split, calibration, cut-off table, "
+                        "stability, swap set and sign-off, known limitations."),
         TableSpec(
             table=CALIBRATION, compute=calibration_compute,
             inputs=(Input(PREDICTIONS, "gold_predictions", rules.matured),

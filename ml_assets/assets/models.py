@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ml_assets import metrics
+from ml_assets.assets.monitoring import report_link, report_store, validation_file
 from ml_assets.cutoffs import CutoffOutcome, Reference
 from ml_assets.metadata import markdown_table
 from ml_assets.model_config import ModelConfig, ModelSpec
@@ -79,6 +80,7 @@ from ml_assets.tables import (
 )
 from resources.lake import MONTHS_KEY, Lake, LakeError, Table
 from resources.model_store import ModelStore, code_version
+from resources.storage import FileStore
 
 ALIAS = "champion"
 CHAMPION = asset_key(MODEL_ALIASES)  # the champion gate's asset, ml/model_aliases
@@ -471,9 +473,10 @@ def _record_model_checks(step: Step, month: date, candidates: Sequence[Candidate
                 f"passed: {', '.join(passed)}" if passed else "") if part))
 
 
-def _model_metadata(record: ModelRecord, model: Model) -> dict:
-    """A candidate's metrics table, top features (table and chart), artifact and hashes, keyed
-    by its model name."""
+def _model_metadata(record: ModelRecord, model: Model, reports: FileStore) -> dict:
+    """A candidate's metrics table, top features (table and chart), artifact and the link to
+    its validation report (written by ml/validation_reports into `reports`), keyed by its
+    model name."""
     summary = json.loads(record.metrics)
     names = ["auc", "gini", "ks", "log_loss", "brier", "n", "default_rate"]
     rows = [[split, *[summary[split][m] for m in names]] for split in ("train", "test", "oot")]
@@ -486,10 +489,12 @@ def _model_metadata(record: ModelRecord, model: Model) -> dict:
         f"{prefix}_importance_chart": dg.MetadataValue.md(bar_chart(
             importances, f"{record.model_version}: top features", "importance")),
         f"{prefix}_artifact": dg.MetadataValue.path(record.artifact_path),
+        f"{prefix}_validation_report": dg.MetadataValue.url(report_link(
+            reports.uri_of(validation_file(record.model_version)))),
     }
 
 
-def _registry_metadata(candidates: Sequence[Candidate]) -> dict:
+def _registry_metadata(candidates: Sequence[Candidate], reports: FileStore) -> dict:
     first = candidates[0].record
     table = markdown_table(
         ["model_version", "algorithm", "oot_auc", "oot_gini", "oot_ks", "checks_passed",
@@ -507,7 +512,7 @@ def _registry_metadata(candidates: Sequence[Candidate]) -> dict:
         "training_lineage": dg.MetadataValue.json(json.loads(first.input_versions)),
     }
     for candidate in candidates:
-        metadata.update(_model_metadata(candidate.record, candidate.model))
+        metadata.update(_model_metadata(candidate.record, candidate.model, reports))
     return metadata
 
 
@@ -533,7 +538,7 @@ def registry_compute(step: Step) -> dict[Table, str]:
                                       step.models.min_oot_auc)
                       for model in step.models.models]
         _record_model_checks(step, month, candidates)
-        step.metadata(month, _registry_metadata(candidates))
+        step.metadata(month, _registry_metadata(candidates, report_store(step.lake)))
         records += [c.record for c in candidates]
         references += [c.reference for c in candidates]
     step.con.register("registry_rows", records_table(ModelRecord, records))

@@ -588,6 +588,12 @@ def report_file(month: date) -> str:
     return f"drift/{folder_label(month)}.html"
 
 
+def validation_file(version: str) -> str:
+    """A model version's validation report in the report store: `validation/<version>.html`
+    (ml/validation_reports writes it)."""
+    return f"validation/{version}.html"
+
+
 def report_link(uri: str) -> str:
     """A URL for a report's URI: itself for `s3://`, a `file://` URL for a local path."""
     return uri if is_bucket(uri) else Path(uri).as_uri()
