@@ -21,6 +21,7 @@ import pytest
 
 from resources.lake import CONDITIONAL_PUT, Lake, LakeError, Table
 from resources.storage import FileStore, StorageError, s3_settings
+from tests.conftest import run_vintage
 from tests.s3_server import start_s3_server
 from tests.s3_writer import TABLE as RACE
 from tests.s3_writer import month_rows, months_from
@@ -631,8 +632,9 @@ def test_a_bucket_run_keeps_model_artifacts_and_drift_reports_in_the_bucket(s3, 
     """raw to monitoring for 2023-01..2024-01 into a bucket, in process, with a work folder of
     its own: every model version the registry records is in the bucket (its artifact_path,
     its digest), predictions loaded the champion from there, a version reproduces against
-    it, the drift report is in the bucket and linked by its s3:// URI; the local work
-    folder holds no artifact or report."""
+    it, the drift report and the validation reports are in the bucket and linked by their
+    s3:// URIs, and `vintage report` copies one to a local file; the local work folder holds
+    no artifact or report."""
     import dagster as dg
     import yaml
 
@@ -698,6 +700,23 @@ def test_a_bucket_run_keeps_model_artifacts_and_drift_reports_in_the_bucket(s3, 
                  if e.asset_key == dg.AssetKey(["monitoring", "drift"])
                  and e.partition == "2024-01-01")
     assert drift.metadata["report_path"].value == f"s3://{reports[0]}"
+    validation = objects_under(s3, f"{bucket_uri}/reports/validation")
+    bucket_path = bucket_uri.removeprefix("s3://")
+    assert validation == sorted(f"{bucket_path}/reports/validation/{version}.html"
+                                for _, version, _, _ in records)
+    registry = next(e.materialization for e in result.get_asset_materialization_events()
+                    if e.asset_key == dg.AssetKey(["ml", "model_registry"])
+                    and e.partition == "2024-01-01")
+    for name, version, _, _ in records:
+        assert registry.metadata[f"{name}_validation_report"].value == \
+            f"{bucket_uri}/reports/validation/{version}.html"
+    # a bucket's report as a local file: copied into the working directory
+    done = run_vintage("report", version, "--config", str(tmp_path / "vintage.yaml"),
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / f"{version}.html")
+    assert (tmp_path / f"{version}.html").read_bytes() == FileStore(
+        f"{bucket_uri}/reports", s3.options).read_bytes(f"validation/{version}.html")
     work = tmp_path / "work"
     assert not (work / "artifacts").exists() and not (work / "reports").exists()
     assert not list(work.rglob("*.html")) and not list((work / "models").glob("*"))
