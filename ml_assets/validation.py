@@ -105,7 +105,7 @@ def label_words(label_def: str) -> str:
 
 def sign_off_state(version: str, alias: dict | None, approvals: list[dict]) -> dict:
     """What the champion gate and the people made of `version` in its trained month: `status`
-    (approved, proposed, rejected; None when the gate did not propose it), `by`, `reason`,
+    (approved, proposed, rejected by a person; None when not proposed), `by`, `reason`,
     `at`, the people's `decisions` about it (oldest first) and a `summary` sentence. `alias`:
     the month's ml.model_aliases row (None before the gate decided it); `approvals`: the
     month's ml.model_approvals rows."""
@@ -127,6 +127,12 @@ def sign_off_state(version: str, alias: dict | None, approvals: list[dict]) -> d
     if alias["challenger_version"] == version and alias["status"] == "rejected":
         return {**state, **signed, "summary": f"proposed as champion, rejected by "
                                               f"{signed['by']}: {signed['reason']}"}
+    if decisions and decisions[-1]["action"] == "reject":  # e.g. a hand promotion taken back
+        last = decisions[-1]
+        return {**state, "status": "rejected", "by": last["decided_by"],
+                "reason": last["reason"], "at": last["decided_at"],
+                "summary": f"rejected by {last['decided_by']}: {last['reason']}; the month's "
+                           f"champion is {alias['model_version'] or 'none'}"}
     return {**state, "summary": f"not proposed as champion: {alias['reason']}"}
 
 

@@ -520,6 +520,31 @@ def test_drift_reports_and_plots_are_linked_in_the_ui(demo):
             summary[plot].value
 
 
+def test_every_candidate_has_its_validation_report_linked_from_the_registry(demo):
+    """One self-contained report per model version of the demo, in reports/validation/, listed
+    in ml.validation_reports and linked from the registry's materialisation of its month."""
+    _, config, instance, _ = demo
+    with catalog(config) as con:
+        versions = con.execute("SELECT model_version, model_name, trained_month "
+                               "FROM ml.model_registry").fetchall()
+        listed = dict(con.execute("SELECT model_version, report_uri "
+                                  "FROM ml.validation_reports").fetchall())
+    folder = (Path(config.warehouse) / "reports" / "validation").resolve()
+    assert len(versions) == 46  # two candidates a month, 2024-01..2025-11
+    assert sorted(p.stem for p in folder.glob("*.html")) == sorted(v for v, *_ in versions)
+    assert listed == {version: str(folder / f"{version}.html") for version, *_ in versions}
+    for version, name, month in versions:
+        event = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["ml", "model_registry"]),
+            asset_partitions=[month.isoformat()]), limit=1).records[0].asset_materialization
+        assert event.metadata[f"{name}_validation_report"].value == \
+            (folder / f"{version}.html").as_uri()
+        html = (folder / f"{version}.html").read_text()
+        assert f"<title>Validation report: {version}</title>" in html
+        # every src and href is an embedded image or an anchor of the page
+        assert not re.findall(r"""(?:src|href)\s*=\s*(?!["']?(?:data:|#))""", html), version
+
+
 def test_recommendations_name_metric_value_and_threshold(demo):
     _, config, *_ = demo
     with catalog(config) as con:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import date, datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -39,6 +40,7 @@ from ml_assets.tables import (
     SCORE_REFERENCE,
     SWAP_SETS,
     TRAINING_SET,
+    VALIDATION_REPORTS,
 )
 from tests.conftest import run_vintage
 from tests.test_champion_gate import INCUMBENT, MONTH, candidate
@@ -248,6 +250,10 @@ def manual_mode_proposes_and_does_not_promote(warehouse):
     best = max(registry, key=lambda r: (r["oot_auc"], r["model_version"]))
     assert (first["decision"], first["status"]) == ("none", "proposed")
     assert first["challenger_version"] == best["model_version"]
+    # its validation report says so
+    report = next(r for r in rows(warehouse, VALIDATION_REPORTS)
+                  if r["model_version"] == best["model_version"])
+    assert report["sign_off"] == "proposed" and "awaiting sign-off" in report["gate"]
     assert not rows(warehouse, PREDICTIONS)  # no approved champion: nothing scored
     assert rows(warehouse, MODEL_APPROVALS) == []
     assert warehouse.lake().published_months(MODEL_APPROVALS) == list(month_range(FIRST, LAST))
@@ -377,6 +383,10 @@ def the_cli_rejects(warehouse):
     decisions = sorted(rows(warehouse, MODEL_APPROVALS), key=lambda r: r["decided_at"])
     assert [(r["model_version"], r["action"]) for r in decisions][-2:] == [
         (chosen, "approve"), (chosen, "reject")]
+    # the job re-wrote its validation report: rejected, by whom
+    report = next(r for r in rows(warehouse, VALIDATION_REPORTS) if r["model_version"] == chosen)
+    assert (report["sign_off"], report["signed_off_by"]) == ("rejected", "Cy Committee")
+    assert "not explainable enough" in Path(report["report_uri"]).read_text()
 
 
 def test_the_sign_off_of_a_manual_warehouse_step_by_step(warehouse):

@@ -59,20 +59,30 @@ def test_the_sign_off_sentence_follows_the_gate_and_the_people():
     at = datetime(2024, 3, 2, 9)
     promoted = alias(model_version="lightgbm-2024-02", decision="promoted", status="approved",
                      signed_off_by="Ana", sign_off_reason="ok", signed_off_at=at)
-    decisions = [{"model_version": "lightgbm-2024-02", "decided_at": at, "action": "approve"},
-                 {"model_version": "logistic-2024-02", "decided_at": at, "action": "reject"}]
+    decisions = [{"model_version": "lightgbm-2024-02", "decided_at": at, "action": "approve",
+                  "decided_by": "Ana", "reason": "ok"}]
     state = sign_off_state("lightgbm-2024-02", promoted, decisions)
     assert (state["status"], state["by"], state["reason"]) == ("approved", "Ana", "ok")
     assert state["summary"] == ("champion in place of logistic-2024-01 from 2024-02, approved "
                                 "by Ana: ok")
     assert [d["action"] for d in state["decisions"]] == ["approve"]
     other = sign_off_state("logistic-2024-02", promoted, decisions)
-    assert other["status"] is None and other["summary"].startswith("not proposed as champion")
+    assert other["status"] is None and other["decisions"] == []
+    assert other["summary"].startswith("not proposed as champion")
     proposed = sign_off_state("lightgbm-2024-02", alias(status="proposed"), [])
     assert proposed["status"] == "proposed" and "awaiting sign-off" in proposed["summary"]
     rejected = sign_off_state("lightgbm-2024-02", alias(
         status="rejected", signed_off_by="Bo", sign_off_reason="unstable"), [])
     assert rejected["summary"] == "proposed as champion, rejected by Bo: unstable"
+    # approved by hand, then rejected: the rejection counts, though the gate never proposed it
+    taken_back = [{"model_version": "logistic-2024-02", "decided_at": at, "action": "approve",
+                   "decided_by": "Bo", "reason": "by hand"},
+                  {"model_version": "logistic-2024-02", "decided_at": datetime(2024, 3, 3),
+                   "action": "reject", "decided_by": "Cy", "reason": "not explainable"}]
+    back = sign_off_state("logistic-2024-02", alias(), taken_back)
+    assert (back["status"], back["by"], back["reason"]) == ("rejected", "Cy", "not explainable")
+    assert back["summary"] == ("rejected by Cy: not explainable; the month's champion is "
+                               "logistic-2024-01")
     kept = sign_off_state("lightgbm-2024-02", alias(), [])
     assert kept["status"] is None
     assert kept["summary"] == ("not proposed as champion: challenger lightgbm-2024-02 does not "
