@@ -8,6 +8,7 @@ VINTAGE_SCREENSHOTS=DIR to keep the screenshots (docs/asset-graph.png comes from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -71,18 +72,15 @@ class Webserver:
         return None
 
 
-@pytest.fixture(scope="module")
-def webserver(tmp_path_factory):
-    """`vintage ui` on small generated data, its own DAGSTER_HOME and warehouse; stopped (the
-    whole process group: webserver, daemon and any run) at the end."""
-    root = tmp_path_factory.mktemp("e2e")
-    generate(root / "source", scale=0.04, seed=5)
+@contextlib.contextmanager
+def running_ui(root: Path, env: dict):
+    """`vintage ui` with `env` on a free local port, its log in `root`; yields its Webserver
+    once the code location has loaded, and stops the whole process group (webserver, daemon
+    and any run) at the end."""
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"),
-           "VINTAGE_SOURCE": str(root / "source"), "VINTAGE_WAREHOUSE": str(root / "warehouse")}
     log = (root / "ui.log").open("w")
     process = subprocess.Popen([VINTAGE, "ui", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     server = Webserver(f"http://127.0.0.1:{port}")
     server.root = root
@@ -96,6 +94,17 @@ def webserver(tmp_path_factory):
     finally:
         stop(process)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    """`vintage ui` on small generated data, its own DAGSTER_HOME and warehouse."""
+    root = tmp_path_factory.mktemp("e2e")
+    generate(root / "source", scale=0.04, seed=5)
+    env = {"DAGSTER_HOME": str(root / "dagster_home"), "VINTAGE_SOURCE": str(root / "source"),
+           "VINTAGE_WAREHOUSE": str(root / "warehouse")}
+    with running_ui(root, env) as server:
+        yield server
 
 
 def stop(process: subprocess.Popen) -> None:
