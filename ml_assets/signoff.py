@@ -14,12 +14,15 @@ champion keeps the alias. A person's decision counts in either mode: an approval
 version champion from its month (a hand promotion, whatever the margin), a rejection keeps the
 previous champion.
 
-Swap sets (the usual comparison of two scorecards at one cut-off in scorecard validation, e.g.
-N. Siddiqi, *Credit Risk Scorecards*, Wiley): on the gate month's out-of-time loans, with the
-decision cut-off (`predictions.decision_cutoff`: score >= cut-off declines), swap-in are the
-loans the new model approves and the champion declines, swap-out the reverse; both_approve and
-both_decline the rest. Each kind's loans, defaults (`bads`) and observed bad rate tell whether
-the new model trades good loans for bad ones.
+Swap sets (the usual comparison of two scorecards under one cut-off strategy in scorecard
+validation, e.g. N. Siddiqi, *Credit Risk Scorecards*, Wiley): on the gate month's out-of-time
+loans, each model declines a score at or above its cut-off under the configured cut-off mode
+(`predictions.cutoff_mode`, ml_assets/cutoffs.py), chosen on these loans: in `pd` mode both use
+the configured PD; in `approval_rate` mode each approves the target share of them; in
+`bad_rate` mode each approves as many as keep their observed bad rate at the target. Swap-in
+are the loans the new model approves and the champion declines, swap-out the reverse;
+both_approve and both_decline the rest. Each kind's loans, defaults (`bads`) and observed bad
+rate tell whether the new model trades good loans for bad ones at the same strategy.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from datetime import date, datetime
 import dagster as dg
 import numpy as np
 
+from ml_assets.cutoffs import Reference
 from ml_assets.months import MonthError, folder_label, parse_month
 
 ACTIONS = ("approve", "reject")
@@ -79,7 +83,9 @@ class SwapSetRecord:
     old_version: str  # the champion it challenged (the previous month's)
     status: str | None  # the challenge's sign-off: approved | proposed | rejected
     oot_month: date  # the label month of the out-of-time loans
-    cutoff: float  # score >= cutoff: decline
+    cutoff_mode: str  # pd | approval_rate | bad_rate (predictions.cutoff_mode)
+    new_cutoff: float  # the new model declines a score >= new_cutoff
+    old_cutoff: float  # the champion declines a score >= old_cutoff
     loans: int
     share: float  # of the month's out-of-time loans
     bads: int  # loans that defaulted (label 1)
@@ -194,14 +200,18 @@ def challenged_version(row) -> str | None:
 
 def swap_sets(month: date, new_version: str, old_version: str, status: str | None,
               oot_month: date, labels: np.ndarray, new_scores: np.ndarray,
-              old_scores: np.ndarray, cutoff: float) -> list[SwapSetRecord]:
-    """The four swap kinds of one gate month: each loan (aligned arrays of its label 0/1 and
-    both models' default probabilities) is approved by a model when its score is below
-    `cutoff`. Returns one record per kind of SWAP_KINDS, a kind without loans included (bad
-    rate None)."""
+              old_scores: np.ndarray, mode: str, value: float) -> list[SwapSetRecord]:
+    """The four swap kinds of one gate month: each loan (aligned arrays of shape (n,), n >= 1:
+    its label 0/1 and both models' default probabilities) is approved by a model when its score
+    is below the model's cut-off, chosen on these loans by the cut-off `mode` (CUTOFF_MODES)
+    for the configured `value` (a PD, a target approval share or a target bad rate;
+    `Reference.choose`). Returns one record per kind of SWAP_KINDS, a kind without loans
+    included (bad rate None)."""
     labels = np.asarray(labels, dtype=float)
     new_scores, old_scores = np.asarray(new_scores, float), np.asarray(old_scores, float)
-    new_approves, old_approves = new_scores < cutoff, old_scores < cutoff
+    new_cutoff = Reference(new_scores, labels).choose(mode, value).cutoff
+    old_cutoff = Reference(old_scores, labels).choose(mode, value).cutoff
+    new_approves, old_approves = new_scores < new_cutoff, old_scores < old_cutoff
     masks = {"swap_in": new_approves & ~old_approves, "swap_out": ~new_approves & old_approves,
              "both_approve": new_approves & old_approves,
              "both_decline": ~new_approves & ~old_approves}
@@ -212,7 +222,8 @@ def swap_sets(month: date, new_version: str, old_version: str, status: str | Non
         loans = int(mask.sum())
         records.append(SwapSetRecord(
             month=month, swap=kind, new_version=new_version, old_version=old_version,
-            status=status, oot_month=oot_month, cutoff=cutoff, loans=loans,
+            status=status, oot_month=oot_month, cutoff_mode=mode, new_cutoff=new_cutoff,
+            old_cutoff=old_cutoff, loans=loans,
             share=loans / total if total else 0.0, bads=int(labels[mask].sum()),
             bad_rate=float(labels[mask].mean()) if loans else None,
             mean_new_score=float(new_scores[mask].mean()) if loans else None,

@@ -161,7 +161,9 @@ def test_swap_sets_match_a_recomputation():
     labels = rng.integers(0, 2, 200)
     new, old = rng.random(200), rng.random(200)
     records = {r.swap: r for r in swap_sets(MONTH, "new-2024-06", "old-2024-05", "approved",
-                                            date(2024, 5, 1), labels, new, old, 0.3)}
+                                            date(2024, 5, 1), labels, new, old, "pd", 0.3)}
+    assert {(r.new_cutoff, r.old_cutoff, r.cutoff_mode) for r in records.values()} == {
+        (0.3, 0.3, "pd")}
     frame = pd.DataFrame({"label": labels, "new": new >= 0.3, "old": old >= 0.3})
     expected = {("swap_in" if not n and o else "swap_out" if n and not o else
                  "both_decline" if n else "both_approve"): group
@@ -174,9 +176,37 @@ def test_swap_sets_match_a_recomputation():
         assert records[kind].share == pytest.approx(len(group) / 200)
     # a kind without loans: counted as none, no bad rate
     empty = {r.swap: r for r in swap_sets(MONTH, "n", "o", None, MONTH, [1, 0], [0.1, 0.2],
-                                          [0.1, 0.2], 0.5)}
+                                          [0.1, 0.2], "pd", 0.5)}
     assert (empty["swap_in"].loans, empty["swap_in"].bad_rate) == (0, None)
     assert (empty["both_approve"].loans, empty["both_approve"].bads) == (2, 1)
+
+
+@pytest.mark.parametrize("mode, value", [("approval_rate", 0.7), ("bad_rate", 0.2)])
+def test_swap_sets_compare_the_models_at_the_same_strategy(mode, value):
+    """Outside `pd` mode each model gets its own cut-off on the OOT loans: at a target
+    approval rate both approve the same number of loans (70% of 200: 140), so swap-in and
+    swap-out are equal in size; at a target bad rate each approves the most loans whose
+    observed bad rate stays at or under it."""
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 2, 200)
+    new = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1)  # the better model
+    old = rng.random(200)
+    records = {r.swap: r for r in swap_sets(MONTH, "n", "o", None, MONTH, labels, new, old,
+                                            mode, value)}
+    [(new_cutoff, old_cutoff)] = {(r.new_cutoff, r.old_cutoff) for r in records.values()}
+    new_approved, old_approved = new < new_cutoff, old < old_cutoff
+    for approved, scores in ((new_approved, new), (old_approved, old)):
+        if mode == "approval_rate":
+            assert approved.sum() <= value * 200
+            # the next distinct score would approve more than the target
+            assert (scores <= scores[~approved].min()).sum() > value * 200
+        else:
+            assert labels[approved].mean() <= value
+            assert labels[scores <= scores[~approved].min()].mean() > value
+    assert records["swap_in"].loans == int((new_approved & ~old_approved).sum())
+    assert records["swap_out"].loans == int((~new_approved & old_approved).sum())
+    if mode == "approval_rate":
+        assert records["swap_in"].loans == records["swap_out"].loans
 
 
 # -- on a generated warehouse in manual mode --------------------------------------------------
@@ -340,9 +370,11 @@ def swap_sets_match_the_reference_scores(warehouse):
     store = warehouse.store()
     swaps = rows(warehouse, SWAP_SETS)
     assert swaps, "no month with a challenge"
+    assert warehouse.build().models.cutoff_mode == "pd"
     cutoff = warehouse.build().models.decision_cutoff
     for (month, new, old), published in pd.DataFrame(swaps).groupby(
             ["month", "new_version", "old_version"]):
+        assert set(published["new_cutoff"]) == set(published["old_cutoff"]) == {cutoff}
         reference = pd.DataFrame(rows(warehouse, SCORE_REFERENCE,
                                       where=f"WHERE model_version = '{new}'"))
         oot = pd.DataFrame(rows(warehouse, TRAINING_SET, where=(

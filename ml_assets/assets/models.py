@@ -662,7 +662,7 @@ def _swap_sets(step: Step, row: AliasRecord, oot: pd.DataFrame | None,
     OOT scores from ml.score_reference) against the previous champion (`old_scores`, on the
     same `oot` loans); none when nothing challenged the champion."""
     new = challenged_version(row)
-    if new is None or oot is None or old_scores is None:
+    if new is None or oot is None or old_scores is None or not len(oot):
         return []
     scores = dict(step.con.execute(
         "SELECT loan_id, score FROM score_reference WHERE model_version = $version",
@@ -670,7 +670,7 @@ def _swap_sets(step: Step, row: AliasRecord, oot: pd.DataFrame | None,
     return swap_sets(row.month, new, row.previous_version, row.status,
                      oot["observation_month"].max(), oot["label"].to_numpy(),
                      oot["loan_id"].map(scores).to_numpy(), old_scores,
-                     step.models.decision_cutoff)
+                     step.models.cutoff_mode, step.models.decision_cutoff)
 
 
 def _gate_metadata(row: AliasRecord, swaps: Sequence[SwapSetRecord]) -> dict:
@@ -682,7 +682,9 @@ def _gate_metadata(row: AliasRecord, swaps: Sequence[SwapSetRecord]) -> dict:
     if swaps:
         metadata["swap_sets"] = dg.MetadataValue.md(
             f"{swaps[0].new_version} vs {swaps[0].old_version} on the OOT loans of "
-            f"{folder_label(swaps[0].oot_month)}, cut-off {swaps[0].cutoff}\n\n"
+            f"{folder_label(swaps[0].oot_month)}, cut-off mode {swaps[0].cutoff_mode}: "
+            f"{swaps[0].new_version} declines at {swaps[0].new_cutoff:.4f}, "
+            f"{swaps[0].old_version} at {swaps[0].old_cutoff:.4f}\n\n"
             + markdown_table(["swap", "loans", "share", "bads", "bad_rate", "mean_new_score",
                               "mean_old_score"],
                              [[s.swap, s.loans, s.share, s.bads, s.bad_rate, s.mean_new_score,
