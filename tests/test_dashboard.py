@@ -171,6 +171,25 @@ def test_one_snapshot_per_month_with_the_monitoring_tables_values(demo):
         assert metric in matured, metric
 
 
+def test_the_cutoffs_rates_are_those_of_its_reference_below_the_cutoff(demo):
+    """ml.cutoff_strategy.decision_approval_rate / decision_bad_rate (the dashboard's expected
+    bad rate): the share of the champion's OOT reference scored below the month's cut-off, and
+    their observed default rate, recomputed from ml.score_reference."""
+    with catalog(demo) as con:
+        rows = con.execute(
+            "SELECT c.month, c.decision_approval_rate, c.decision_bad_rate, "
+            "avg((r.score < c.decision_cutoff)::DOUBLE), "
+            "avg(r.label::DOUBLE) FILTER (WHERE r.score < c.decision_cutoff) "
+            "FROM (SELECT DISTINCT month, model_version, trained_month, decision_cutoff, "
+            "decision_approval_rate, decision_bad_rate FROM ml.cutoff_strategy) AS c "
+            "JOIN ml.score_reference AS r ON r.model_version = c.model_version "
+            "AND r.trained_month = c.trained_month GROUP BY ALL").fetchall()
+    assert len(rows) >= 8
+    for month, approval, bad, want_approval, want_bad in rows:
+        assert approval == pytest.approx(want_approval, abs=1e-12), month
+        assert bad == pytest.approx(want_bad, abs=1e-12), month
+
+
 def test_rematerialising_a_month_replaces_its_snapshot(demo):
     before = snapshots(demo)
     materialise(demo, PROJECT_MONTH.isoformat(), PROJECT_MONTH.isoformat(), [DASHBOARD])
