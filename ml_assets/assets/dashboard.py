@@ -109,12 +109,14 @@ def panels(csi_features: list[str], missing_features: list[str], target: LabelDe
             for grade in grades]),
         ("Decisions", [
             plot("Approval and bad rates",
-                 [line("approval_rate", "approval rate (gold.predictions)"),
-                  line("decision_bad_rate", "expected bad rate at the cut-off (reference)"),
-                  line(f"approved_default_rate:{target_def}",
-                       "observed bad rate of the approved"),
-                  line(f"default_rate:{target_def}", "observed default rate, all")],
-                 "approval rate by application month; observed rates by label month"),
+                 [line("approval_rate", "approval rate"),
+                  line("decision_bad_rate", "expected bad rate"),
+                  line(f"approved_default_rate:{target_def}", "bad rate, approved"),
+                  line(f"default_rate:{target_def}", "default rate, all")],
+                 "approval rate (gold.predictions) and the bad rate the cut-off expects on the "
+                 "reference (ml.cutoff_strategy), by application month; observed default rate "
+                 "of the approved and of all loans once matured (monitoring.performance), by "
+                 "label month"),
         ]),
     ]
 
