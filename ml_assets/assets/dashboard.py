@@ -7,7 +7,8 @@ panels over months; `vintage dashboard` serves evidently's UI over the workspace
 Why a table with a side effect rather than a bare asset: every value a snapshot shows is a row
 a user can also query, with the table column it comes from, and the month's step replaces both
 together: its Delta commit, and in each project the month's snapshot (deleted, then written
-again: re-materialising a month adds no snapshot).
+again: re-materialising a month adds no snapshot). The snapshots are written before the commit:
+a step that fails in between leaves them, and its next run of the month replaces them.
 """
 
 from __future__ import annotations
