@@ -16,7 +16,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all dev env lint bench clean
+.PHONY: demo test test-all dev dashboard env lint bench clean
 
 env: $(BIN)/vintage
 
@@ -47,6 +47,11 @@ lint: env
 
 dev: env
 	$(BIN)/vintage ui --host $(HOST) --port $(PORT)
+
+# the monitoring dashboard (evidently's UI) on 8000 unless PORT=... is given
+dashboard: PORT = 8000
+dashboard: env
+	$(BIN)/vintage dashboard --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf .bootstrap warehouse data/demo .vintage

@@ -516,6 +516,28 @@ def cmd_ui(args) -> int:
     return child.returncode or EXIT_FAILED
 
 
+def cmd_dashboard(args) -> int:
+    """The monitoring dashboard: evidently's UI (its own web service, pages and scripts served
+    from the installed package, nothing fetched from the internet; telemetry off) over the
+    warehouse's evidently workspace, which monitoring/dashboard writes. Runs until stopped
+    (Ctrl-C, SIGTERM); returns 0."""
+    _set_paths(args)
+    config = _settings()
+    _check_listen_address(args.host, args.port)
+    workspace = config.dashboard_workspace
+    if not workspace.is_dir():
+        print(f"vintage dashboard: {workspace} has no snapshots yet: materialise "
+              "monitoring/dashboard (make demo does)", file=sys.stderr)
+        workspace.mkdir(parents=True)
+    os.environ["DO_NOT_TRACK"] = "1"  # evidently's usage telemetry: this stays offline
+    from evidently.ui.service.app import run_local
+
+    print(f"vintage dashboard: http://{args.host}:{args.port} over {workspace}",
+          file=sys.stderr)
+    run_local(host=args.host, port=args.port, workspace=str(workspace))
+    return 0
+
+
 def _staging_dir() -> Path:
     import tempfile
 
@@ -773,6 +795,15 @@ def parser() -> argparse.ArgumentParser:
                     help="interface to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=_port, default=3000, help="1-65535 (default 3000)")
     ui.set_defaults(handler=cmd_ui)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="the monitoring dashboard: evidently's UI over the warehouse's "
+                          "evidently workspace")
+    add_paths(dashboard, source=False, warehouse=_existing_warehouse)
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="interface to listen on (default 127.0.0.1: this machine only)")
+    dashboard.add_argument("--port", type=_port, default=8000, help="1-65535 (default 8000)")
+    dashboard.set_defaults(handler=cmd_dashboard)
 
     contract = commands.add_parser("contract", help="the data contracts of the sources")
     contract_commands = contract.add_subparsers(dest="contract_command", required=True)

@@ -73,11 +73,13 @@ def table_specs(build: Build) -> list[TableSpec]:
     analytics of the loan book."""
     from ml_assets.assets.analytics import analytics_specs
     from ml_assets.assets.credit_review import credit_review_specs
+    from ml_assets.assets.dashboard import dashboard_spec
     from ml_assets.assets.models import ml_specs
     from ml_assets.assets.monitoring import monitoring_specs
 
     return [*raw_specs(build), *silver_specs(build), *gold_specs(build), *ml_specs(build),
-            *monitoring_specs(build), *credit_review_specs(build), *analytics_specs(build)]
+            *monitoring_specs(build), *credit_review_specs(build), dashboard_spec(build),
+            *analytics_specs(build)]
 
 
 def executor(config: Settings) -> dg.ExecutorDefinition:

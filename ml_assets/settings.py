@@ -143,6 +143,8 @@ class MonitoringSettings:
     # is an error
     calibration_warn_p: float = 0.05
     calibration_error_p: float = 0.01
+    # the monitoring dashboard's CSI and missing-share panels show this many features
+    dashboard_features: int = 8
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,9 @@ class Settings:
     max_concurrent: int  # steps at once with the multiprocess executor
     executor_config: dict  # the k8s or celery executor's own configuration
     dagster_home: Path  # the Dagster instance of this warehouse
+    # the evidently workspace of the monitoring dashboard: <warehouse>/evidently, or for a bucket
+    # warehouse `.vintage/evidently` in the working directory (evidently's is a local folder)
+    dashboard_workspace: Path
     demo: DemoSettings
     first_month: date | None
     last_month: date | None
@@ -231,6 +236,7 @@ def _warehouse_paths(raw_paths: dict, storage: dict, environ) -> dict:
         "catalog": Path(catalog).resolve() if catalog else base / "catalog.duckdb",
         "work": Path(work).resolve() if work else base / "_work",
         "dagster_home": Path(home).resolve() if home else base / "_dagster",
+        "dashboard_workspace": base / "evidently",
         "storage_options": options,
     }
 
@@ -309,6 +315,8 @@ def _monitoring(raw: dict) -> MonitoringSettings:
         segment_column=str(raw.get("segment_column", "occupation")),
         calibration_warn_p=float(raw.get("calibration_warn_p", 0.05)),
         calibration_error_p=float(raw.get("calibration_error_p", 0.01)),
+        dashboard_features=_positive_int(raw.get("dashboard_features", 8),
+                                         "monitoring.dashboard_features"),
     )
     if not 0 < values.calibration_error_p <= values.calibration_warn_p < 1:
         raise SettingsError("monitoring: need 0 < calibration_error_p <= calibration_warn_p < 1")

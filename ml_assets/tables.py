@@ -112,6 +112,11 @@ DRIFT = Table("monitoring", "drift", "month", ("column_name",),
               "prediction month x column")
 RECOMMENDATION = Table("monitoring", "recommendation", "month", ("month",),
                        "Per month: retain, watch, retrain or data_outage, and why", "month")
+DASHBOARD = Table("monitoring", "dashboard", "month", ("metric",),
+                  "Per month: the monitoring figures written as snapshots into the evidently "
+                  "workspace of `vintage dashboard` (score PSI, CSI, missing shares, AUC / Gini / "
+                  "KS of both labels, calibration by grade, approval and bad rates), each with "
+                  "the table column it comes from", "month x metric")
 SUMMARY = Table("monitoring", "summary", "month", ("month",),
                 "Per month: stability, performance and the recommendation in one row", "month")
 
@@ -131,4 +136,4 @@ def all_tables() -> tuple[Table, ...]:
             FEATURE_IV, SCORE_REFERENCE, MODEL_APPROVALS, MODEL_ALIASES, SWAP_SETS,
             CUTOFF_STRATEGY, VALIDATION_REPORTS, PREDICTIONS, STABILITY, PERFORMANCE,
             EARLY_READ_PERFORMANCE, SEGMENT_PERFORMANCE, CALIBRATION, DRIFT, RECOMMENDATION,
-            SUMMARY, VINTAGE_CURVE, ROLL_RATE)
+            SUMMARY, DASHBOARD, VINTAGE_CURVE, ROLL_RATE)

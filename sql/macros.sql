@@ -97,3 +97,8 @@ CREATE OR REPLACE MACRO delinquency_bucket(dpd, balance) AS
          WHEN dpd < 60 THEN '30-59'
          WHEN dpd < 90 THEN '60-89'
          ELSE '90+' END;
+
+-- The model line of a model version: the model's name in config/models.yaml, which a version
+-- spells as `<name>-YYYY-MM` (its trained month; ml_assets/assets/models.py names them).
+CREATE OR REPLACE MACRO model_line(model_version) AS
+    regexp_replace(model_version, '-[0-9]{4}-[0-9]{2}$', '');

@@ -209,8 +209,10 @@ def world(tmp_path_factory) -> World:
         # the outage month's predictions were published before they carried a grade
         grades = ([None] * n if month == OUTAGE_MONTH
                   else grade_of(loans["score"], SCALE).tolist())
+        # declined at the demo's PD cut-off of 0.5
+        decisions = np.where(np.asarray(loans["score"]) < 0.5, "approve", "decline").tolist()
         predictions.append(frame({**loans, "model_version": [version] * n, "grade": grades,
-                                  "decision": ["approve"] * n}, PREDICTION_TYPES))
+                                  "decision": decisions}, PREDICTION_TYPES))
         for source in ("features_attributes", "features_financials", "feature_clickstream"):
             stopped = source == "feature_clickstream" and month == OUTAGE_MONTH
             coverage.append({"application_month": month, "source": source, "loans": n,
@@ -448,6 +450,11 @@ def test_performance_measures_the_predictions_made_mob_months_before(world: Worl
     assert august["application_month"] == date(2024, 2, 1)
     assert august["auc"] == pytest.approx(metrics.auc(world.labels[date(2024, 8, 1)],
                                                       loans["score"]), abs=1e-12)
+    approved = np.asarray(loans["score"]) < 0.5
+    assert 0 < approved.sum() < len(approved)
+    assert august["approved"] == approved.sum()
+    assert august["approved_default_rate"] == pytest.approx(
+        np.asarray(world.labels[date(2024, 8, 1)])[approved].mean(), abs=1e-12)
     assert august["model_oot_auc"] == OOT_AUC[OLD]
     assert august["auc_drop"] == pytest.approx(OOT_AUC[OLD] - august["auc"], abs=1e-12)
     assert rows[date(2024, 10, 1)]["model_oot_auc"] == OOT_AUC[NEW]

@@ -183,6 +183,7 @@ CUTOFF_SCHEMA = pa.schema([
     ("cutoff_pd", pa.float64()), ("approval_rate", pa.float64()),
     ("expected_bad_rate", pa.float64()), ("mean_pd", pa.float64()),
     ("cutoff_mode", pa.string()), ("decision_cutoff", pa.float64()),
+    ("decision_approval_rate", pa.float64()), ("decision_bad_rate", pa.float64()),
 ])
 
 
@@ -212,7 +213,9 @@ def cutoff_strategy_compute(step: Step) -> dict[Table, str]:
         cutoff = chosen.cutoff
         bands = reference.bands(models.cutoff_bands)
         rows += [{"month": month, "model_version": version, "trained_month": trained, **band,
-                  "cutoff_mode": models.cutoff_mode, "decision_cutoff": cutoff}
+                  "cutoff_mode": models.cutoff_mode, "decision_cutoff": cutoff,
+                  "decision_approval_rate": chosen.approval_rate,
+                  "decision_bad_rate": chosen.expected_bad_rate}
                  for band in bands]
         columns = ["band", "min_score", "max_score", "band_default_rate", "cutoff_pd",
                    "approval_rate", "expected_bad_rate"]

@@ -372,6 +372,7 @@ PERFORMANCE_SCHEMA = pa.schema([
     ("n", pa.int64()), ("defaults", pa.int64()), ("default_rate", pa.float64()),
     ("mean_score", pa.float64()), ("auc", pa.float64()), ("gini", pa.float64()),
     ("ks", pa.float64()), ("model_oot_auc", pa.float64()), ("auc_drop", pa.float64()),
+    ("approved", pa.int64()), ("approved_default_rate", pa.float64()),
 ])
 
 
@@ -446,7 +447,10 @@ def matured_performance(step: Step, definition: LabelDefinition, matured, floor:
     application month L - definition.mob (`matured`, its partition mapping) against their
     labels of `definition` in L (sql/monitoring/matured_predictions.sql), and the drop from the
     model's OOT AUC. Records the verdicts of `checks` (of `performance_evaluations`, with the
-    AUC floor `floor`) per month. Leaves the matured predictions in the RESULT table."""
+    AUC floor `floor`) per month. `approved`, `approved_default_rate`: the loans the month's
+    decision approved (gold.predictions.decision = approve) and their observed default rate, the
+    bad rate the cut-off let in (None when none approved). Leaves the matured predictions in the
+    RESULT table."""
     thresholds, con = step.config.monitoring, step.con
     thresholds = dataclasses.replace(thresholds, auc_floor=floor)
     step.sql("monitoring/matured_predictions", {"label_def": definition.name})
@@ -473,11 +477,15 @@ def matured_performance(step: Step, definition: LabelDefinition, matured, floor:
             drop = (model_auc - summary["auc"]
                     if summary["auc"] is not None and model_auc is not None else None)
             vintage = scored["application_month"].iloc[0]
+            approved = scored[scored["decision"] == "approve"]
             rows.append({"month": month, "application_month": vintage, "model_version": version,
                          "label_def": definition.name,
                          **{k: summary[k] for k in ("n", "defaults", "default_rate",
                                                     "mean_score", "auc", "gini", "ks")},
-                         "model_oot_auc": model_auc, "auc_drop": drop})
+                         "model_oot_auc": model_auc, "auc_drop": drop,
+                         "approved": len(approved),
+                         "approved_default_rate": (float(approved["label"].mean())
+                                                   if len(approved) else None)})
             step.metadata(month, {"model_version": version, "vintage": folder_label(vintage),
                                   "label_def": definition.name,
                                   **{k: summary[k] for k in ("n", "default_rate", "mean_score",

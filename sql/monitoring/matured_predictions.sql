@@ -10,6 +10,7 @@ SELECT
     predictions.loan_id,
     predictions.score,
     predictions.grade,
+    predictions.decision,
     labels.label,
     labels.label_def
 FROM gold_predictions AS predictions
