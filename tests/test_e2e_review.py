@@ -1,19 +1,27 @@
 """What a risk team reviews, in a real browser: the whole graph run by `vintage run` on small
 generated data, then `vintage ui` over the same Dagster instance (as `make demo` then `make dev`
-do). The vintage chart and the calibration plot open from the assets' metadata.
+do). The vintage chart and the calibration plot open from the assets' metadata, a candidate's
+validation report opens from the model registry's link, and `vintage dashboard` shows the
+monitoring dashboard with its panels filled.
 
 Debian's chromium through Playwright, skipped where it is absent (tests/test_e2e.py).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from datetime import date
+from pathlib import Path
 
 import duckdb
 import pytest
+import requests
 
-from tests.conftest import run_vintage
-from tests.test_e2e import chromium, running_ui, screenshot
+from tests.conftest import VINTAGE, run_vintage
+from tests.test_e2e import chromium, free_port, running_ui, screenshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("webserver-review")]
 
@@ -30,6 +38,7 @@ def reviewed(tmp_path_factory):
     done = run_vintage("run", env=env, cwd=root)
     assert done.returncode == 0, done.stdout + done.stderr
     with running_ui(root, env) as server:
+        server.env = env
         yield server
 
 
@@ -99,3 +108,71 @@ def test_the_calibration_plot_of_a_matured_month_opens(reviewed, page, tmp_path)
     assert image["alt"] == f"{version}: calibration by grade, label month {month:%Y-%m}"
     assert image["width"] > 300 and image["height"] > 200
     screenshot(page, tmp_path, "calibration-plot.png")
+
+
+def test_a_validation_report_opens_from_the_model_registry(reviewed, page, tmp_path):
+    [(version, name, trained, uri)] = catalog_rows(
+        reviewed, "SELECT model_version, model_name, trained_month, report_uri "
+                  "FROM ml.validation_reports WHERE sign_off = 'approved' "
+                  "ORDER BY trained_month DESC LIMIT 1")
+    page.goto(f"{reviewed.url}/assets/ml/model_registry?view=partitions"
+              f"&partition={trained.isoformat()}", wait_until="domcontentloaded")
+    row = page.locator("tr", has_text=f"{name}_validation_report").first
+    row.wait_for(state="visible", timeout=90_000)
+    skip_welcome(page)
+    link = row.locator('a[href^="file://"]').first
+    link.wait_for(state="visible", timeout=30_000)
+    href = link.get_attribute("href")
+    assert href == Path(uri).as_uri(), (href, uri)
+    page.goto(href)  # a browser opens a file:// link of a web page only in a tab of its own
+    page.locator("#calibration-table").wait_for(state="visible", timeout=30_000)
+    body = page.inner_text("body")
+    assert version in body and "approved" in body
+    for section in ("metrics", "feature-table", "calibration-table", "cutoff-table"):
+        assert page.locator(f"#{section} tr").count() > 1, section
+    screenshot(page, tmp_path, "validation-report.png")
+
+
+@pytest.fixture(scope="module")
+def dashboard(reviewed):
+    """`vintage dashboard` over the warehouse's evidently workspace, on a free port."""
+    port = free_port()
+    server = subprocess.Popen(
+        [VINTAGE, "dashboard", "--port", str(port)], env={**os.environ, **reviewed.env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, "vintage dashboard stopped"
+            try:
+                if requests.get(f"{base}/api/version", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "vintage dashboard did not start in 120 s"
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_the_monitoring_dashboard_opens_with_its_panels_filled(dashboard, page, tmp_path):
+    projects = {p["name"]: p["id"] for p in requests.get(f"{dashboard}/api/projects",
+                                                         timeout=10).json()}
+    outside = []
+    page.on("request", lambda request: outside.append(request.url)
+            if not request.url.startswith((dashboard, "data:")) else None)
+    page.goto(f"{dashboard}/projects/{projects['champion']}", wait_until="domcontentloaded")
+    for title in ("Score PSI", "AUC, Gini, KS: target (30dpd_6mob)",
+                  "Grade A: predicted PD vs observed rate", "Approval and bad rates"):
+        page.get_by_text(title, exact=True).first.wait_for(state="visible", timeout=60_000)
+    page.get_by_text("score PSI", exact=True).first.wait_for(state="visible", timeout=30_000)
+    assert page.locator("svg path").count() > 20  # the lines of the filled panels
+    assert not outside, f"the dashboard fetched from elsewhere: {outside}"
+    screenshot(page, tmp_path, "monitoring-dashboard.png")

@@ -364,17 +364,25 @@ def the_cli_promotes_by_hand(warehouse):
         (chosen, history[FIRST_TRAINED]["model_version"], "approved")}
 
 
+def approval_rate_cutoff(scores: np.ndarray, share: float) -> float:
+    """Written apart from ml_assets/cutoffs.py: the highest cut-off (a score of the set, or 1.0)
+    that approves (score < cut-off) at most `share` of the loans."""
+    candidates = sorted({*scores.tolist(), 1.0})
+    return max(c for c in candidates if (scores < c).sum() <= share * len(scores))
+
+
 def swap_sets_match_the_reference_scores(warehouse):
     """Recomputed here from ml.score_reference (the new model's OOT scores and labels) and the
-    old champion scored on the same OOT loans of gold.training_set."""
+    old champion scored on the same OOT loans of gold.training_set; the warehouse's cut-off
+    mode is approval_rate, so each model approves the same share of those loans at its own
+    cut-off."""
     store = warehouse.store()
     swaps = rows(warehouse, SWAP_SETS)
     assert swaps, "no month with a challenge"
-    assert warehouse.build().models.cutoff_mode == "pd"
-    cutoff = warehouse.build().models.decision_cutoff
+    models = warehouse.build().models
+    assert models.cutoff_mode == "approval_rate"
     for (month, new, old), published in pd.DataFrame(swaps).groupby(
             ["month", "new_version", "old_version"]):
-        assert set(published["new_cutoff"]) == set(published["old_cutoff"]) == {cutoff}
         reference = pd.DataFrame(rows(warehouse, SCORE_REFERENCE,
                                       where=f"WHERE model_version = '{new}'"))
         oot = pd.DataFrame(rows(warehouse, TRAINING_SET, where=(
@@ -383,12 +391,16 @@ def swap_sets_match_the_reference_scores(warehouse):
         oot["old"] = old_model.predict(oot)
         both = reference.merge(oot[["loan_id", "old"]], on="loan_id", how="inner")
         assert len(both) == len(reference) == len(oot)
+        new_cutoff = approval_rate_cutoff(both["score"].to_numpy(), models.decision_cutoff)
+        old_cutoff = approval_rate_cutoff(both["old"].to_numpy(), models.decision_cutoff)
+        assert published["new_cutoff"].tolist() == pytest.approx([new_cutoff] * 4)
+        assert published["old_cutoff"].tolist() == pytest.approx([old_cutoff] * 4)
         with duckdb.connect() as con:
             con.register("paired", both)
             expected = {row[0]: row[1:] for row in con.execute(f"""
-                SELECT CASE WHEN score < {cutoff} AND old >= {cutoff} THEN 'swap_in'
-                            WHEN score >= {cutoff} AND old < {cutoff} THEN 'swap_out'
-                            WHEN score < {cutoff} THEN 'both_approve'
+                SELECT CASE WHEN score < {new_cutoff} AND old >= {old_cutoff} THEN 'swap_in'
+                            WHEN score >= {new_cutoff} AND old < {old_cutoff} THEN 'swap_out'
+                            WHEN score < {new_cutoff} THEN 'both_approve'
                             ELSE 'both_decline' END AS swap,
                        count(*), sum(label), avg(label)
                 FROM paired GROUP BY 1""").fetchall()}
