@@ -73,14 +73,23 @@ def _rules_metadata(counts: dict[str, int]) -> dict:
     }
 
 
+def clean(con: duckdb.DuckDBPyConnection, table: Table) -> str:
+    """Clean the raw rows registered in `con` as `raw_rows` into the temporary table RESULT:
+    exact duplicates dropped (sql/silver/distinct_rows.sql), then sql/silver/<table>.sql.
+    Returns the view of the distinct raw rows. The silver assets and the scoring service
+    (ml_assets.serving) clean a source this way."""
+    view = f"raw_{RAW_OF[table.name]}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql_text('silver/distinct_rows')}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {sql_text(f'silver/{table.name}')}")
+    return view
+
+
 def silver_compute(table: Table, max_quarantine_share: float):
     def compute(step: Step) -> dict[Table, str]:
         con, months = step.con, step.months
         rows_in = dict(con.execute("SELECT _snapshot_month, count(*) FROM raw_rows "
                                    "GROUP BY ALL").fetchall())
-        view = f"raw_{RAW_OF[table.name]}"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql_text('silver/distinct_rows')}")
-        step.sql(f"silver/{table.name}")
+        view = clean(con, table)
         duplicated = duplicate_keys(con, table)
         if duplicated:
             raise StepFailed("\n".join(
