@@ -84,6 +84,7 @@ RAW_BLOCKS = {"loan": (RAW_LMS, SILVER_LOAN_DAILY),
 # cleaning rules (ml_assets.assets.silver `rule_counts`) that turn a value given into NULL:
 # out of range, not whole, a category outside the allowed ones
 OUT_OF_RANGE_RULES = ("out_of_range", "not_whole", "not_allowed")
+INPUT_MODES = ("loan_id", "raw")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -266,6 +267,12 @@ class Metrics:
                             "or above", registry=r)
         self.reloads = Counter("vintage_reloads", "State reloads, by outcome", ["outcome"],
                                registry=r)
+        # every labelled series from the start, so that dashboards and alerts see zeros
+        for mode in INPUT_MODES:
+            for metric in (self.scores, self.applications, self.missing, self.out_of_range):
+                metric.labels(mode)
+        for outcome in ("loaded", "failed"):
+            self.reloads.labels(outcome)
 
 
 @dataclass
