@@ -171,6 +171,14 @@ class State:
     features: pd.DataFrame  # gold.feature_store with missing_sources, indexed by loan_id
     coverage: dict[date, list[tuple]]  # application month -> (source, status, message)
     loaded_at: datetime
+    verdicts: dict = field(default_factory=dict, compare=False)  # month -> coverage_verdict
+
+    def verdict(self, month: date) -> tuple[str, list, str]:
+        """The champion's coverage verdict (`coverage_verdict`) for an application month."""
+        if month not in self.verdicts:
+            self.verdicts[month] = coverage_verdict(self.coverage.get(month, []),
+                                                    list(self.model.features.names))
+        return self.verdicts[month]
 
 
 WATCHED = (MODEL_ALIASES, SCORE_REFERENCE, FEATURE_STORE, SOURCE_COVERAGE)
@@ -443,8 +451,7 @@ class ScoringService:
         else:
             frame, out_of_range = self.raw_features(request, where)
         month = frame["application_month"].iloc[0]
-        status, failing, issue = coverage_verdict(state.coverage.get(month, []),
-                                                  list(state.model.features.names))
+        status, failing, issue = state.verdict(month)
         scored = score_applications(state.model, self.build.models, frame, state.cutoff,
                                     failing).iloc[0]
         row = frame.iloc[0]

@@ -360,11 +360,14 @@ def _serve(raw: dict) -> ServeSettings:
     reload_seconds = raw.get("reload_seconds", 10)
     if not isinstance(reload_seconds, int | float) or reload_seconds <= 0:
         raise SettingsError(f"serve.reload_seconds: expected seconds > 0, got {reload_seconds!r}")
-    return ServeSettings(
+    values = ServeSettings(
         host=str(raw.get("host", "127.0.0.1")), port=port, reload_seconds=float(reload_seconds),
         psi_window=_positive_int(raw.get("psi_window", 500), "serve.psi_window"),
-        psi_min_scores=_positive_int(raw.get("psi_min_scores", 100), "serve.psi_min_scores"),
+        psi_min_scores=_positive_int(raw.get("psi_min_scores", 500), "serve.psi_min_scores"),
         max_batch=_positive_int(raw.get("max_batch", 1000), "serve.max_batch"))
+    if values.psi_min_scores > values.psi_window:
+        raise SettingsError("serve.psi_min_scores: at most serve.psi_window")
+    return values
 
 
 def load_settings(config_file: Path | None = None, environ: dict | None = None) -> Settings:

@@ -6,6 +6,7 @@ scrapes the metrics, and every Grafana panel and alert names metrics the service
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from ml_assets.serving import ScoringService, create_app
-from ml_assets.settings import PROJECT_ROOT
+from ml_assets.settings import PROJECT_ROOT, SettingsError, load_settings
 from ml_assets.tables import MODEL_ALIASES, PREDICTIONS, RAW_TABLES, SCORE_REFERENCE
 from tests.conftest import VINTAGE
 from tests.test_models_delta import Warehouse, one_thread_models_file, succeeded
@@ -50,9 +51,13 @@ def warehouse(tmp_path_factory) -> Warehouse:
     return built
 
 
-def service_of(warehouse: Warehouse) -> ScoringService:
+def service_of(warehouse: Warehouse, **serve) -> ScoringService:
+    """The service over the warehouse, with `serve` settings changed (ServeSettings fields)."""
     build = warehouse.build()
-    return ScoringService(build, warehouse.lake(), warehouse.store())
+    config = dataclasses.replace(build.config, serve=dataclasses.replace(build.config.serve,
+                                                                         **serve))
+    return ScoringService(dataclasses.replace(build, config=config), warehouse.lake(),
+                          warehouse.store())
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +236,7 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 
 
 def test_live_psi_and_shares_match_a_recomputation(warehouse):
-    service = service_of(warehouse)
+    service = service_of(warehouse, psi_window=100, psi_min_scores=60)
     with TestClient(create_app(service, reload=False)) as fresh:
         expected = predictions(warehouse, "logistic-2024-02")
         few = service.settings.psi_min_scores - 1
@@ -341,12 +346,16 @@ def wait_for(url: str, seconds: float = 60) -> httpx.Response:
 def served(warehouse, tmp_path_factory):
     """`vintage serve` on a free loopback port, as a user starts it; its base URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("served") / "serve.log"
+    folder = tmp_path_factory.mktemp("served")
+    log, config = folder / "serve.log", folder / "vintage.yaml"
+    settings = yaml.safe_load((PROJECT_ROOT / "config" / "vintage.yaml").read_text())
+    settings["serve"].update({"psi_window": 100, "psi_min_scores": 50})  # a PSI on 100 loans
+    config.write_text(yaml.safe_dump(settings))
     with log.open("w") as out:
         process = subprocess.Popen(
-            [VINTAGE, "serve", "--warehouse", str(warehouse.root), "--port", str(port)],
-            env={**os.environ, **warehouse.environ}, stdout=out,
-            stderr=subprocess.STDOUT)
+            [VINTAGE, "serve", "--warehouse", str(warehouse.root), "--port", str(port),
+             "--config", str(config)],
+            env={**os.environ, **warehouse.environ}, stdout=out, stderr=subprocess.STDOUT)
     try:
         try:
             wait_for(f"http://127.0.0.1:{port}/health")
@@ -403,6 +412,7 @@ def test_prometheus_scrapes_the_service(served, warehouse, tmp_path):
         assert info["metric"]["model_version"] == "logistic-2024-02"
         [psi] = ask("vintage_score_psi")
         served_psi = metric_value(httpx.get(f"{served}/metrics").text, "vintage_score_psi")
+        assert not np.isnan(served_psi)
         assert float(psi["value"][1]) == pytest.approx(served_psi, abs=1e-9)
         [requests] = ask('sum(vintage_http_requests_total{endpoint="/v1/score",status="200"})')
         assert float(requests["value"][1]) >= len(loans)
@@ -465,3 +475,15 @@ def test_every_dashboard_and_alert_query_names_exported_metrics(client, warehous
     assert len(queries) >= 8
     for expression in queries:
         assert promql_metrics(expression) <= exported, expression
+
+
+@pytest.mark.parametrize(("serve", "message"), [
+    ({"port": 0}, "serve.port"), ({"reload_seconds": -1}, "serve.reload_seconds"),
+    ({"psi_window": 100, "psi_min_scores": 200}, "serve.psi_min_scores")])
+def test_serve_settings_are_checked(tmp_path, serve, message):
+    settings = yaml.safe_load((PROJECT_ROOT / "config" / "vintage.yaml").read_text())
+    settings["serve"].update(serve)
+    path = tmp_path / "vintage.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(SettingsError, match=message):
+        load_settings(path, environ={})

@@ -802,7 +802,8 @@ def reasons_frame(model: Model, models: ModelConfig, frame: pd.DataFrame,
     contributions = (model.contributions(frame)[0] if len(frame)
                      else np.empty((0, len(model.features.names))))
     reasons = reason_codes(contributions, model.features.names, declined)
-    described = {name: models.describe(name) for name in model.features.names}
+    described = {name: models.describe(name) for row in reasons for name in set(row)
+                 if name is not None}
     text = [("; ".join(described[r] for r in row if r is not None) or None)
             for row in zip(*reasons, strict=True)]
     return pd.DataFrame({**{f"reason_{k}": r for k, r in enumerate(reasons, start=1)},
