@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from ml_assets.serving import ScoringService, create_app
 from ml_assets.settings import PROJECT_ROOT, SettingsError, load_settings
 from ml_assets.tables import MODEL_ALIASES, PREDICTIONS, RAW_TABLES, SCORE_REFERENCE
-from tests.conftest import VINTAGE
+from tests.conftest import VINTAGE, run_vintage
 from tests.test_models_delta import Warehouse, one_thread_models_file, succeeded
 
 pytestmark = pytest.mark.xdist_group("serve")
@@ -365,6 +365,15 @@ def served(warehouse, tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_command_says_why_it_cannot_serve(tmp_path):
+    empty = tmp_path / "warehouse"
+    empty.mkdir()
+    result = run_vintage("serve", "--warehouse", str(empty), "--port", str(free_port()),
+                         timeout=120)
+    assert result.returncode == 1
+    assert "no champion yet: ml.model_aliases is empty" in result.stderr
 
 
 def test_the_command_serves_on_loopback(served, warehouse):
