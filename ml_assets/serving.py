@@ -378,9 +378,12 @@ class ScoringService:
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """This thread's DuckDB connection, with the transforms' macros."""
+        """This thread's DuckDB connection, with the transforms' macros. Without DuckDB's
+        optimizer: on one application planning is the cost (the cleaning macros expand to
+        hundreds of expressions), halved without it, and its rewrites change no result."""
         if not hasattr(self._local, "con"):
             self._local.con = transform_connection()
+            self._local.con.execute("PRAGMA disable_optimizer")
         return self._local.con
 
     # -- features ------------------------------------------------------------------------
