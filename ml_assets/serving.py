@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from fastapi import Body, FastAPI, HTTPException, Request, Response
+from fastapi import Body, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -51,7 +51,7 @@ from ml_assets.assets.models import (
     reference_of,
     score_applications,
 )
-from ml_assets.assets.silver import KEPT_ROWS, REJECTED_ROWS, clean, rule_counts
+from ml_assets.assets.silver import KEPT_ROWS, REJECTED_ROWS, clean, rule_hits
 from ml_assets.contracts import SourceContract, contracts
 from ml_assets.modeling import Model
 from ml_assets.spec import RESULT, Build
@@ -140,6 +140,10 @@ class RequestModels:
                              applications=(list[application],
                                            Field(min_length=1, max_length=max_batch)))
         return cls(application, batch)
+
+
+class UnknownLoan(LookupError):
+    """A loan_id that gold.feature_store does not hold (404)."""
 
 
 class InvalidApplication(ValueError):
@@ -390,69 +394,112 @@ class ScoringService:
 
     def loan_features(self, state: State, loan_id: str) -> pd.DataFrame:
         if loan_id not in state.features.index:
-            raise HTTPException(404, f"loan_id {loan_id!r} is not in gold.feature_store")
+            raise UnknownLoan(f"loan_id {loan_id!r} is not in gold.feature_store")
         return state.features.loc[[loan_id]]
 
-    def raw_features(self, application: BaseModel, where: tuple = ()
-                     ) -> tuple[pd.DataFrame, list[str]]:
-        """The feature-store row of a raw application (sql/silver/*.sql, then
-        sql/gold/feature_store.sql), and the fields a cleaning rule set aside as out of
-        range. Raises InvalidApplication for rows the cleaning rejects, or a loan row that
-        does not open the loan (snapshot_date outside its start month)."""
-        con, errors, out_of_range = self.con, [], []
-        loan = application.loan.model_dump()
-        loan["snapshot_date"] = loan.get("snapshot_date") or loan["loan_start_date"]
-        blocks = {"loan": [loan],
-                  "attributes": [application.attributes.model_dump()]
-                  if application.attributes else [],
-                  "financials": [application.financials.model_dump()]
-                  if application.financials else [],
-                  "clickstream": [row.model_dump() for row in application.clickstream]}
-        for block, rows in blocks.items():
+    def raw_features(self, applications: Sequence[BaseModel], wheres: Sequence[tuple]
+                     ) -> list[tuple[pd.DataFrame, list[str]]]:
+        """The feature-store row of each raw application (sql/silver/*.sql, then
+        sql/gold/feature_store.sql, once for them all: DuckDB's planning is the cost) and the
+        fields a cleaning rule set aside as out of range (`OUT_OF_RANGE_RULES`). The
+        applications must have distinct customers (the feature SQL joins by customer);
+        `wheres` place each in the request body. Raises InvalidApplication for rows the
+        cleaning rejects, or a loan row that does not open its loan (snapshot_date outside
+        its start month)."""
+        con, errors = self.con, []
+        loans = [{**a.loan.model_dump(), "snapshot_date": a.loan.snapshot_date
+                  or a.loan.loan_start_date} for a in applications]
+        blocks = {"loan": [[loan] for loan in loans],
+                  "attributes": [[a.attributes.model_dump()] if a.attributes else []
+                                 for a in applications],
+                  "financials": [[a.financials.model_dump()] if a.financials else []
+                                 for a in applications],
+                  "clickstream": [[row.model_dump() for row in a.clickstream]
+                                  for a in applications]}
+        out_of_range: list[list[str]] = [[] for _ in applications]
+        for block, per_application in blocks.items():
             raw_table, silver_table = RAW_BLOCKS[block]
-            for row in rows:
-                row["Customer_ID"] = row.get("Customer_ID") or loan["Customer_ID"]
+            rows, owners = [], []  # owners[_row_number - 1]: (application, position in block)
+            for i, block_rows in enumerate(per_application):
+                for position, row in enumerate(block_rows):
+                    row["Customer_ID"] = row.get("Customer_ID") or loans[i]["Customer_ID"]
+                    rows.append(row)
+                    owners.append((i, position))
             con.register("request_rows", raw_rows(rows, raw_table.name))
             con.execute("CREATE OR REPLACE TEMP VIEW raw_rows AS SELECT *, date_trunc('month', "
                         "parse_source_date(snapshot_date))::DATE AS _snapshot_month "
                         "FROM request_rows")
             clean(con, silver_table)
             for number, reason in con.execute(
-                    f"SELECT _row_number, reason FROM ({REJECTED_ROWS})").fetchall():
+                    f"SELECT _row_number, reason FROM ({REJECTED_ROWS}) ORDER BY ALL"
+                    ).fetchall():
+                i, position = owners[number - 1]
                 for problem in reason.split("; "):
-                    loc = (*where, block, *((number - 1,) if block == "clickstream" else ()),
+                    loc = (*wheres[i], block, *((position,) if block == "clickstream" else ()),
                            problem.split(" ")[0])
                     errors.append({"loc": ["body", *loc], "msg": problem,
                                    "type": "value_error"})
-            for counts in rule_counts(con).values():
-                out_of_range += [f"{block}.{rule.split('.', 1)[1]}"
-                                 for rule, n in counts.items()
-                                 if n and rule.split(".", 1)[0] in OUT_OF_RANGE_RULES]
+            for number, hits in rule_hits(con, OUT_OF_RANGE_RULES).items():
+                out_of_range[owners[number - 1][0]] += [
+                    f"{block}.{hit.split('.', 1)[1]}" for hit in hits]
             con.register(f"silver_{silver_table.name}", con.sql(KEPT_ROWS).to_arrow_table())
         if errors:
             raise InvalidApplication(errors)
-        [(month,)] = con.execute("SELECT date_trunc('month', any_value(loan_start_date))::DATE "
-                                 "FROM silver_loan_daily").fetchall()
-        application_features(con, self.build.rules, [month], self.build.partitions)
+        months = [row[0] for row in con.execute(
+            "SELECT DISTINCT date_trunc('month', loan_start_date)::DATE FROM silver_loan_daily"
+            ).fetchall()]
+        application_features(con, self.build.rules, months, self.build.partitions)
         frame = con.execute(f"SELECT *, {MISSING_SOURCES_SQL} FROM {RESULT}"
-                            ).df(date_as_object=True)
-        if frame.empty:
-            raise InvalidApplication([{
-                "loc": ["body", *where, "loan", "snapshot_date"], "type": "value_error",
-                "msg": "the loan row must be the loan's first snapshot: snapshot_date in the "
-                       "month of loan_start_date"}])
-        return frame.set_index("loan_id", drop=False), sorted(set(out_of_range))
+                            ).df(date_as_object=True).set_index("loan_id", drop=False)
+        opened = [loan["loan_id"].strip() for loan in loans]
+        errors = [{"loc": ["body", *wheres[i], "loan", "snapshot_date"], "type": "value_error",
+                   "msg": "the loan row must be the loan's first snapshot: snapshot_date in the "
+                          "month of loan_start_date"}
+                  for i, loan_id in enumerate(opened) if loan_id not in frame.index]
+        if errors:
+            raise InvalidApplication(errors)
+        return [(frame.loc[[loan_id]], sorted(set(out_of_range[i])))
+                for i, loan_id in enumerate(opened)]
 
     # -- scoring -------------------------------------------------------------------------
 
-    def score(self, request: BaseModel, where: tuple = ()) -> dict:
-        """The answer to one application: PD, grade, decision, reasons, model version."""
-        state = self.state  # this request's state, whatever a reload does meanwhile
-        mode = "loan_id" if hasattr(request, "loan_id") else "raw"
-        if mode == "loan_id":
-            frame, out_of_range = self.loan_features(state, request.loan_id), []
-        else:
-            frame, out_of_range = self.raw_features(request, where)
+    def score(self, request: BaseModel) -> dict:
+        """The answer to one application: PD, grade, decision, reasons, model version. Raises
+        UnknownLoan, InvalidApplication."""
+        return self.score_many([request], [()])[0]
+
+    def score_many(self, requests: Sequence[BaseModel], wheres: Sequence[tuple]) -> list[dict]:
+        """The answers to applications in order; raw ones go through the SQL together (in
+        groups of distinct customers and loans). One invalid application raises
+        InvalidApplication for them all, naming each bad one by its `wheres`."""
+        state = self.state  # these requests' state, whatever a reload does meanwhile
+        found: dict[int, tuple[pd.DataFrame, list[str]]] = {}
+        errors: list[dict] = []
+        raw = [i for i, r in enumerate(requests) if not hasattr(r, "loan_id")]
+        for i in set(range(len(requests))) - set(raw):
+            try:
+                found[i] = self.loan_features(state, requests[i].loan_id), []
+            except UnknownLoan as error:
+                if len(requests) == 1:
+                    raise
+                errors.append({"loc": ["body", *wheres[i], "loan_id"], "msg": str(error),
+                               "type": "not_found"})
+        for group in distinct_groups(raw, requests):
+            try:
+                answers = self.raw_features([requests[i] for i in group],
+                                            [wheres[i] for i in group])
+            except InvalidApplication as error:
+                errors += error.errors
+                continue
+            found.update(zip(group, answers, strict=True))
+        if errors:
+            raise InvalidApplication(errors)
+        return [self.answer(state, *found[i], "raw" if i in raw else "loan_id")
+                for i in range(len(requests))]
+
+    def answer(self, state: State, frame: pd.DataFrame, out_of_range: list[str],
+               mode: str) -> dict:
+        """One application's answer from its feature-store row `frame`, and the metrics."""
         month = frame["application_month"].iloc[0]
         status, failing, issue = state.verdict(month)
         scored = score_applications(state.model, self.build.models, frame, state.cutoff,
@@ -503,6 +550,26 @@ class ScoringService:
         measurable = len(scores) >= self.settings.psi_min_scores and len(state.reference_scores)
         self.metrics.psi.set(score_psi(self.con, state.reference_scores, scores, self.build,
                                        state.model_version) if measurable else float("nan"))
+
+
+def distinct_groups(indexes: Sequence[int], requests: Sequence[BaseModel]
+                    ) -> list[list[int]]:
+    """`indexes` of raw applications in groups, in order, none holding two applications of the
+    same customer or loan (the feature SQL would join one's rows to the other's)."""
+    groups: list[list[int]] = []
+    seen: list[set] = []
+    for i in indexes:
+        keys = {("customer", requests[i].loan.Customer_ID.strip()),
+                ("loan", requests[i].loan.loan_id.strip())}
+        for group, taken in zip(groups, seen, strict=True):
+            if not keys & taken:
+                group.append(i)
+                taken |= keys
+                break
+        else:
+            groups.append([i])
+            seen.append(set(keys))
+    return groups
 
 
 def raw_rows(rows: list[dict], source: str) -> pa.Table:
@@ -565,6 +632,10 @@ def create_app(service: ScoringService, reload: bool = True) -> FastAPI:
     async def invalid(_request: Request, error: InvalidApplication):
         return JSONResponse({"detail": error.errors}, status_code=422)
 
+    @app.exception_handler(UnknownLoan)
+    async def unknown(_request: Request, error: UnknownLoan):
+        return JSONResponse({"detail": str(error)}, status_code=404)
+
     @app.post("/v1/score")
     def score(application: Annotated[models.application, Body()]) -> dict:
         """Score one application: `{"loan_id": ...}` or its raw fields."""
@@ -573,18 +644,8 @@ def create_app(service: ScoringService, reload: bool = True) -> FastAPI:
     @app.post("/v1/score/batch")
     def score_batch(batch: models.batch) -> dict:
         """Score up to serve.max_batch applications; one invalid application refuses all."""
-        results, errors = [], []
-        for i, application in enumerate(batch.applications):
-            try:
-                results.append(service.score(application, ("applications", i)))
-            except InvalidApplication as error:
-                errors += error.errors
-            except HTTPException as error:
-                errors.append({"loc": ["body", "applications", i, "loan_id"],
-                               "msg": error.detail, "type": "not_found"})
-        if errors:
-            raise InvalidApplication(errors)
-        return {"results": results}
+        wheres = [("applications", i) for i in range(len(batch.applications))]
+        return {"results": service.score_many(batch.applications, wheres)}
 
     @app.get("/health")
     def health() -> dict:

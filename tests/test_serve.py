@@ -156,9 +156,13 @@ def test_raw_fields_score_as_the_batch_pipeline(client, warehouse):
 
 
 def test_batch_answers_each_application_as_one(client, warehouse):
-    loans = [row["loan_id"] for row in predictions(warehouse, "logistic-2024-02")[:4]]
+    """Raw applications of a batch go through the SQL together (one of them twice: a customer
+    twice goes in a group of its own), and each answer is the single request's."""
+    loans = [row["loan_id"] for row in predictions(warehouse, "logistic-2024-02")[:5]]
     applications = [{"loan_id": loans[0]}, raw_application(warehouse, loans[1]),
-                    {"loan_id": loans[2]}, {"loan_id": loans[3]}]
+                    {"loan_id": loans[2]}, raw_application(warehouse, loans[3]),
+                    raw_application(warehouse, loans[4]), raw_application(warehouse, loans[1]),
+                    {"loan_id": loans[4]}]
     batch = client.post("/v1/score/batch", json={"applications": applications}).json()
     singles = [client.post("/v1/score", json=a).json() for a in applications]
     assert batch["results"] == singles
