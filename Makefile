@@ -16,7 +16,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all dev dashboard env lint bench clean
+.PHONY: demo test test-all dev dashboard serve env lint bench clean
 
 env: $(BIN)/vintage
 
@@ -52,6 +52,11 @@ dev: env
 dashboard: PORT = 8000
 dashboard: env
 	$(BIN)/vintage dashboard --host $(HOST) --port $(PORT)
+
+# make serve [SERVE_PORT=8000]: the scoring service over the warehouse (README, Serving)
+SERVE_PORT ?= 8000
+serve: env
+	$(BIN)/vintage serve --host $(HOST) --port $(SERVE_PORT)
 
 clean:
 	rm -rf .bootstrap warehouse data/demo .vintage

@@ -538,6 +538,26 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The scoring service (ml_assets.serving) on --host/--port (default: serve.host and
+    serve.port of the settings) until stopped; exit 1 when it cannot load a champion."""
+    _set_paths(args)
+    config = _settings()
+    host, port = args.host or config.serve.host, args.port or config.serve.port
+    _check_listen_address(host, port)
+    from ml_assets.definitions import build_lake, build_resources, load_build
+    from ml_assets.serving import ServiceError, serve
+    from resources.model_store import ModelStoreError
+
+    build = load_build(config)
+    try:
+        serve(build, build_lake(config), build_resources(config)["model_store"], host, port)
+    except (ServiceError, ModelStoreError) as error:
+        print(f"vintage serve: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def _staging_dir() -> Path:
     import tempfile
 
@@ -804,6 +824,14 @@ def parser() -> argparse.ArgumentParser:
                            help="interface to listen on (default 127.0.0.1: this machine only)")
     dashboard.add_argument("--port", type=_port, default=8000, help="1-65535 (default 8000)")
     dashboard.set_defaults(handler=cmd_dashboard)
+
+    serve = commands.add_parser("serve", help="the scoring service: the approved champion "
+                                              "over HTTP, with Prometheus metrics")
+    add_paths(serve, source=False, warehouse=_existing_warehouse)
+    serve.add_argument("--host", help="interface to listen on (default serve.host of the "
+                                      "settings, 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_port, help="1-65535 (default serve.port, 8000)")
+    serve.set_defaults(handler=cmd_serve)
 
     contract = commands.add_parser("contract", help="the data contracts of the sources")
     contract_commands = contract.add_subparsers(dest="contract_command", required=True)

@@ -153,6 +153,18 @@ class AnalyticsSettings:
     max_roll_from_current: float  # WARN above this share of current loans rolling delinquent
 
 
+@dataclass(frozen=True)
+class ServeSettings:
+    """The scoring service (`vintage serve`, ml_assets.serving)."""
+
+    host: str  # the interface it listens on (127.0.0.1: this machine only)
+    port: int
+    reload_seconds: float  # how often it looks for a new champion or feature store version
+    psi_window: int  # the last scores the live score PSI compares with the champion's reference
+    psi_min_scores: int  # fewer scores than this in the window: no live PSI yet
+    max_batch: int  # applications in one POST /v1/score/batch at most
+
+
 EXECUTORS = ("in_process", "multiprocess", "k8s", "celery")
 
 
@@ -182,6 +194,7 @@ class Settings:
     coverage: CoverageSettings
     monitoring: MonitoringSettings
     analytics: AnalyticsSettings
+    serve: ServeSettings
     duckdb_threads: int | None
     duckdb_memory_limit: str | None
     batch_rows: int
@@ -348,6 +361,23 @@ def _analytics(raw: dict) -> AnalyticsSettings:
     )
 
 
+def _serve(raw: dict) -> ServeSettings:
+    port = raw.get("port", 8000)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise SettingsError(f"serve.port: expected a port from 1 to 65535, got {port!r}")
+    reload_seconds = raw.get("reload_seconds", 10)
+    if not isinstance(reload_seconds, int | float) or reload_seconds <= 0:
+        raise SettingsError(f"serve.reload_seconds: expected seconds > 0, got {reload_seconds!r}")
+    values = ServeSettings(
+        host=str(raw.get("host", "127.0.0.1")), port=port, reload_seconds=float(reload_seconds),
+        psi_window=_positive_int(raw.get("psi_window", 500), "serve.psi_window"),
+        psi_min_scores=_positive_int(raw.get("psi_min_scores", 500), "serve.psi_min_scores"),
+        max_batch=_positive_int(raw.get("max_batch", 1000), "serve.max_batch"))
+    if values.psi_min_scores > values.psi_window:
+        raise SettingsError("serve.psi_min_scores: at most serve.psi_window")
+    return values
+
+
 def load_settings(config_file: Path | None = None, environ: dict | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     path = Path(config_file or environ.get("VINTAGE_CONFIG") or CONFIG_DIR / "vintage.yaml")
@@ -392,6 +422,7 @@ def load_settings(config_file: Path | None = None, environ: dict | None = None) 
         coverage=_coverage(raw.get("coverage") or {}),
         monitoring=_monitoring(raw.get("monitoring", {})),
         analytics=_analytics(raw.get("analytics") or {}),
+        serve=_serve(raw.get("serve") or {}),
         duckdb_threads=duck.get("threads"),
         duckdb_memory_limit=duck.get("memory_limit"),
         batch_rows=_positive_int(duck.get("max_rows_per_batch", 3_000_000),

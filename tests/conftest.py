@@ -8,11 +8,11 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 
-from resources.lake import sql_text
+from ml_assets.transform import run_transform as run_sql
+from ml_assets.transform import transform_connection
 
 LINEAGE_TYPES = {"_row_number": pa.int64(), "_snapshot_month": pa.date32(),
                  "_source_file": pa.string()}
@@ -34,11 +34,8 @@ def text_table(rows: list[dict], columns: list[str]) -> pa.Table:
 
 def run_transform(sql_name: str, inputs: dict[str, pa.Table], params: dict | None = None):
     """The rows of `sql/<sql_name>.sql` over `inputs` (view name -> table), as dicts."""
-    with duckdb.connect() as con:
-        con.execute(sql_text("macros"))
-        for view, table in inputs.items():
-            con.register(view, table)
-        result = con.execute(sql_text(sql_name), params or {})
+    with transform_connection() as con:
+        result = run_sql(con, sql_name, inputs, params)
         columns = [d[0] for d in result.description]
         return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
 

@@ -4,6 +4,7 @@ the commands they run exist and load the code location, and the compose instance
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -67,7 +68,8 @@ def test_the_image_installs_from_the_lock_file_as_a_non_root_user():
 
 def test_compose_runs_postgres_the_webserver_and_the_daemon_from_the_image():
     services = compose()["services"]
-    assert set(services) == {"postgres", "webserver", "daemon"}
+    assert set(services) == {"postgres", "webserver", "daemon", "scoring", "prometheus",
+                             "grafana"}
     bin_dir = Path(sys.executable).parent
     for name in ("webserver", "daemon"):
         service = services[name]
@@ -81,6 +83,37 @@ def test_compose_runs_postgres_the_webserver_and_the_daemon_from_the_image():
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
     assert "ports" not in services["daemon"]
+
+
+def test_compose_serves_the_champion_to_prometheus_and_grafana_on_loopback():
+    """`scoring` runs `vintage serve` from the image on the data volume; Prometheus scrapes it
+    at the port it listens on; Grafana is provisioned from deploy/grafana with that Prometheus
+    (uid `prometheus`, which the dashboard and the alert rules name)."""
+    services = compose()["services"]
+    scoring = services["scoring"]
+    command = scoring["command"]
+    assert command[:2] == ["vintage", "serve"] and command[command.index("--host") + 1] == \
+        "0.0.0.0"
+    port = command[command.index("--port") + 1]
+    assert scoring["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert "vintage-data:/var/lib/vintage" in scoring["volumes"]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"scoring:{port}"]
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"])
+    datasources = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "datasources"
+                                  / "prometheus.yaml").read_text())["datasources"]
+    assert [(d["uid"], d["url"]) for d in datasources] == [("prometheus",
+                                                           "http://prometheus:9090")]
+    dashboards = ROOT / "deploy" / "grafana" / "dashboards"
+    for dashboard in dashboards.glob("*.json"):
+        uids = {p["datasource"]["uid"] for p in json.loads(dashboard.read_text())["panels"]}
+        assert uids == {"prometheus"}
 
 
 def test_the_compose_instance_is_valid_and_otherwise_the_projects_instance(tmp_path):

@@ -209,7 +209,7 @@ def cutoff_strategy_compute(step: Step) -> dict[Table, str]:
             step.metadata(month, {"model_version": version,
                                   "reason": f"{version} has no reference scores"})
             continue
-        chosen = month_cutoff(step, reference, version)
+        chosen = month_cutoff(models, reference, version)
         cutoff = chosen.cutoff
         bands = reference.bands(models.cutoff_bands)
         rows += [{"month": month, "model_version": version, "trained_month": trained, **band,

@@ -3,12 +3,16 @@ coverage of its sources (by application month)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import date
+
 import dagster as dg
+import duckdb
 import pyarrow as pa
 
 from ml_assets.metadata import markdown_table
 from ml_assets.months import folder_label
-from ml_assets.partitions import upstream_months, window_pairs
+from ml_assets.partitions import TimeRules, upstream_months, window_pairs
 from ml_assets.plots import line_chart
 from ml_assets.settings import COVERED_SOURCES, Settings
 from ml_assets.spec import RESULT, WARN, Build, Check, Input, Step, StepFailed, TableSpec
@@ -21,7 +25,7 @@ from ml_assets.tables import (
     SILVER_LOAN_DAILY,
     SOURCE_COVERAGE,
 )
-from resources.lake import Table
+from resources.lake import Table, sql_text
 
 STATUS_SEVERITY = {"warn": WARN, "error": dg.AssetCheckSeverity.ERROR}
 
@@ -69,14 +73,24 @@ def label_store_compute(step: Step) -> dict[Table, str]:
 # -- feature store ----------------------------------------------------------------------------
 
 
+def application_features(con: duckdb.DuckDBPyConnection, rules: TimeRules,
+                         months: Sequence[date], partitions: dg.PartitionsDefinition) -> str:
+    """Run sql/gold/feature_store.sql for the application `months` into the temporary table
+    RESULT, over the silver views registered in `con` (silver_loan_daily, silver_attributes,
+    silver_financials, silver_clickstream), with each month's clickstream lookback window from
+    the time rules; returns a query of RESULT. The feature store asset and the scoring service
+    (ml_assets.serving) build features this way."""
+    con.register("clickstream_window", window_pairs(rules.clickstream, months, partitions))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {sql_text('gold/feature_store')}")
+    return f"SELECT * FROM {RESULT}"
+
+
 def feature_store_compute(step: Step) -> dict[Table, str]:
     """gold.feature_store: one row per loan of the application month with what was known then
     (sql/gold/feature_store.sql). A feature dated after its application month stops the step
     (blocking check): a point-in-time violation is never published."""
     bounds = step.config.checks
-    step.con.register("clickstream_window", window_pairs(
-        step.rules.clickstream, step.months, step.partitions))
-    query = step.sql("gold/feature_store")
+    query = application_features(step.con, step.rules, step.months, step.partitions)
     figures = {row[0]: row[1:] for row in step.con.execute(
         f"SELECT application_month, count(*), count(*) FILTER (WHERE clickstream_months > 0), "
         f"count(*) FILTER (WHERE date_trunc('month', features_as_of) > application_month), "

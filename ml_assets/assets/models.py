@@ -744,6 +744,9 @@ PREDICTION_CHECKS = {
 MISSING_SOURCE = {"features_attributes": "NOT has_attributes",
                   "features_financials": "NOT has_financials",
                   "feature_clickstream": "clickstream_months = 0"}
+# the SQL column of a gold.feature_store row's missing sources, comma-separated, NULL for none
+MISSING_SOURCES_SQL = "nullif(concat_ws(',', {}), '') AS missing_sources".format(", ".join(
+    f"CASE WHEN {condition} THEN '{source}' END" for source, condition in MISSING_SOURCE.items()))
 
 
 def coverage_verdict(coverage_rows: list[tuple], features: list[str]) -> tuple[str, list, str]:
@@ -770,21 +773,27 @@ def decide_applications(scores: np.ndarray, missing: pd.Series, failing: list[st
     return decision
 
 
-def champion_reference(step: Step, version: str, trained: date) -> Reference | None:
-    """Model `version`'s out-of-time reference scores and labels (the `ml_score_reference`
-    view, read at its trained month `trained`); None when it has none."""
-    step.read("ml_score_reference", [trained])
-    [(scores, labels)] = step.con.execute(
+def reference_of(con: duckdb.DuckDBPyConnection, version: str) -> Reference | None:
+    """Model `version`'s out-of-time reference scores and labels from the `ml_score_reference`
+    view of `con`; None when it has none."""
+    [(scores, labels)] = con.execute(
         "SELECT list(score ORDER BY loan_id), list(label ORDER BY loan_id) FROM "
         "ml_score_reference WHERE model_version = $version", {"version": version}).fetchall()
     return Reference(scores, labels) if scores else None
 
 
-def month_cutoff(step: Step, reference: Reference | None, version: str) -> CutoffOutcome | None:
-    """The cut-off of champion `version` under predictions.cutoff_mode, chosen on its
-    `reference` (`champion_reference`); None in `pd` mode for a champion without one. Raises
-    StepFailed when an approval_rate or bad_rate mode has no reference to choose on."""
-    models = step.models
+def champion_reference(step: Step, version: str, trained: date) -> Reference | None:
+    """Model `version`'s out-of-time reference (`reference_of`), the `ml_score_reference` view
+    read at its trained month `trained`."""
+    step.read("ml_score_reference", [trained])
+    return reference_of(step.con, version)
+
+
+def month_cutoff(models: ModelConfig, reference: Reference | None,
+                 version: str) -> CutoffOutcome | None:
+    """The cut-off of champion `version` under predictions.cutoff_mode of `models`, chosen on
+    its `reference` (`champion_reference`); None in `pd` mode for a champion without one.
+    Raises StepFailed when an approval_rate or bad_rate mode has no reference to choose on."""
     if reference is None:
         if models.cutoff_mode == "pd":
             return None
@@ -800,11 +809,27 @@ def reasons_frame(model: Model, models: ModelConfig, frame: pd.DataFrame,
     contributions = (model.contributions(frame)[0] if len(frame)
                      else np.empty((0, len(model.features.names))))
     reasons = reason_codes(contributions, model.features.names, declined)
-    described = {name: models.describe(name) for name in model.features.names}
+    described = {name: models.describe(name) for row in reasons for name in set(row)
+                 if name is not None}
     text = [("; ".join(described[r] for r in row if r is not None) or None)
             for row in zip(*reasons, strict=True)]
     return pd.DataFrame({**{f"reason_{k}": r for k, r in enumerate(reasons, start=1)},
                          "reason_text": text})
+
+
+def score_applications(model: Model, models: ModelConfig, frame: pd.DataFrame, cutoff: float,
+                       failing: list[str]) -> pd.DataFrame:
+    """Each row of `frame` (gold.feature_store rows with `missing_sources`, MISSING_SOURCES_SQL)
+    scored by `model`: score (PD), grade (rating master scale), decision at `cutoff`
+    (`decide_applications`, refer when missing a `failing` source), reason_1..3 and
+    reason_text (`reasons_frame`); the index of `frame` is kept. What gold.predictions and the
+    scoring service (ml_assets.serving) both publish."""
+    scores = model.predict(frame)
+    decisions = decide_applications(scores, frame["missing_sources"], failing, cutoff)
+    scored = pd.DataFrame({"score": scores, "grade": grade_of(scores, models.rating_scale),
+                           "decision": decisions}, index=frame.index)
+    reasons = reasons_frame(model, models, frame, decisions == "decline")
+    return pd.concat([scored, reasons.set_axis(frame.index)], axis=1)
 
 
 def sign_off_note(champion: str | None, status: str | None, challenger: str | None,
@@ -832,8 +857,6 @@ def predictions_compute(step: Step) -> dict[Table, str]:
     says which in the metadata). Its artifacts come from the model store."""
     con, store = step.con, step.resources["model_store"]
     on_failure = step.config.coverage.on_failure
-    missing_sql = ", ".join(f"CASE WHEN {condition} THEN '{source}' END"
-                            for source, condition in MISSING_SOURCE.items())
     champions = {row[0]: row[1:4] for row in con.execute(
         "SELECT month, model_name, model_version, trained_month FROM model_aliases "
         "WHERE alias = $alias", {"alias": ALIAS}).fetchall()}
@@ -849,7 +872,7 @@ def predictions_compute(step: Step) -> dict[Table, str]:
     for month in step.months:
         name, version, trained = champions.get(month, (None, None, None))
         frame = con.execute(
-            f"SELECT *, nullif(concat_ws(',', {missing_sql}), '') AS missing_sources "
+            f"SELECT *, {MISSING_SOURCES_SQL} "
             "FROM gold_feature_store WHERE application_month = $month ORDER BY loan_id",
             {"month": month}).df(date_as_object=True)
         status, failing, issue = "ok", [], ""
@@ -867,20 +890,20 @@ def predictions_compute(step: Step) -> dict[Table, str]:
                 "champion_sign_off": sign_offs.get(month, "no gate decision")})
             scores = np.empty(0)
         else:
-            chosen = month_cutoff(step, champion_reference(step, version, trained), version)
+            chosen = month_cutoff(step.models, champion_reference(step, version, trained),
+                                  version)
             cutoff = chosen.cutoff if chosen else step.models.decision_cutoff
-            scores = models[version].predict(frame)
-            decisions = decide_applications(scores, frame["missing_sources"], failing, cutoff)
-            grades = grade_of(scores, step.models.rating_scale)
+            applications = score_applications(models[version], step.models, frame, cutoff,
+                                              failing)
+            scores, grades = applications["score"].to_numpy(), applications["grade"].to_numpy()
+            decisions = applications["decision"].to_numpy()
             scored.append(pd.concat([pd.DataFrame({
                 "loan_id": frame["loan_id"], "customer_id": frame["customer_id"],
                 "application_month": frame["application_month"], "model_version": version,
-                "score": scores, "grade": grades, "decision": decisions,
                 "decision_cutoff": cutoff,
                 "missing_sources": frame["missing_sources"], "coverage_status": status,
                 "coverage_issue": issue or None,
-            }), reasons_frame(models[version], step.models, frame, decisions == "decline")],
-                axis=1))
+            }), applications], axis=1))
             quantiles = ([float(q) for q in np.quantile(scores, [0.1, 0.5, 0.9])]
                          if len(scores) else [None] * 3)
             shares = {d: float((decisions == d).mean()) if len(scores) else None

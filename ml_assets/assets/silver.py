@@ -9,6 +9,7 @@ values stop the run, naming the file, month and key.
 """
 
 import re
+from collections.abc import Sequence
 from datetime import date
 
 import dagster as dg
@@ -33,25 +34,45 @@ RAW_OF = {"loan_daily": "lms_loan_daily", "clickstream": "feature_clickstream",
           "attributes": "features_attributes", "financials": "features_financials"}
 
 
-def rule_counts(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
-    """Per month, how many kept values each cleaning rule changed (`rule.column` -> count)."""
+def cleaning_rules(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """Every cleaning rule of the RESULT of a silver transform: (`rule.column`, the SQL of the
+    boolean field saying the rule changed the column's value)."""
     relation = con.table(RESULT)
-    counters = []
+    rules = []
     for name, kind in zip(relation.columns, relation.types, strict=True):
         match = _CLEANING_STRUCT.match(name)
         if not match or kind.id != "struct":
             continue
         for field, field_type in kind.children:
             if str(field_type) == "BOOLEAN" and _FIELD.match(field):
-                counters.append((f"{field}.{match.group(2)}", f'count_if("{name}"."{field}")'))
+                rules.append((f"{field}.{match.group(2)}", f'"{name}"."{field}"'))
+    return rules
+
+
+def rule_counts(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
+    """Per month, how many kept values each cleaning rule changed (`rule.column` -> count)."""
+    counters = cleaning_rules(con)
     if not counters:
         return {}
     rows = con.execute(
-        f"SELECT _snapshot_month, {', '.join(sql for _, sql in counters)} FROM {RESULT} "
-        "WHERE _reject_reason IS NULL GROUP BY _snapshot_month"
+        f"SELECT _snapshot_month, {', '.join(f'count_if({sql})' for _, sql in counters)} "
+        f"FROM {RESULT} WHERE _reject_reason IS NULL GROUP BY _snapshot_month"
     ).fetchall()
     return {row[0]: {rule: int(n) for (rule, _), n in zip(counters, row[1:], strict=True)}
             for row in rows}
+
+
+def rule_hits(con: duckdb.DuckDBPyConnection, rules: Sequence[str]) -> dict[int, list[str]]:
+    """Per kept row (its _row_number), the `rule.column` of each cleaning rule among `rules`
+    (rule names, e.g. out_of_range) that changed one of its values; rows without any left
+    out."""
+    chosen = [(rule, sql) for rule, sql in cleaning_rules(con) if rule.split(".")[0] in rules]
+    if not chosen:
+        return {}
+    hits = ", ".join(f"CASE WHEN {sql} THEN '{rule}' END" for rule, sql in chosen)
+    return dict(con.execute(
+        f"SELECT _row_number, list_filter([{hits}], lambda r: r IS NOT NULL) AS hits "
+        f"FROM {RESULT} WHERE _reject_reason IS NULL AND len(hits) > 0").fetchall())
 
 
 def duplicate_keys(con: duckdb.DuckDBPyConnection, table: Table) -> list[tuple]:
@@ -73,14 +94,23 @@ def _rules_metadata(counts: dict[str, int]) -> dict:
     }
 
 
+def clean(con: duckdb.DuckDBPyConnection, table: Table) -> str:
+    """Clean the raw rows registered in `con` as `raw_rows` into the temporary table RESULT:
+    exact duplicates dropped (sql/silver/distinct_rows.sql), then sql/silver/<table>.sql.
+    Returns the view of the distinct raw rows. The silver assets and the scoring service
+    (ml_assets.serving) clean a source this way."""
+    view = f"raw_{RAW_OF[table.name]}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql_text('silver/distinct_rows')}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {sql_text(f'silver/{table.name}')}")
+    return view
+
+
 def silver_compute(table: Table, max_quarantine_share: float):
     def compute(step: Step) -> dict[Table, str]:
         con, months = step.con, step.months
         rows_in = dict(con.execute("SELECT _snapshot_month, count(*) FROM raw_rows "
                                    "GROUP BY ALL").fetchall())
-        view = f"raw_{RAW_OF[table.name]}"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql_text('silver/distinct_rows')}")
-        step.sql(f"silver/{table.name}")
+        view = clean(con, table)
         duplicated = duplicate_keys(con, table)
         if duplicated:
             raise StepFailed("\n".join(

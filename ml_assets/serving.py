@@ -1,0 +1,669 @@
+"""The scoring service (`vintage serve`): the approved champion over HTTP, scored exactly as
+gold.predictions scores it, with Prometheus metrics.
+
+- The champion is ml.model_aliases' model_version of its latest month: the last approved
+  champion, never a proposal awaiting sign-off (as `predictions_compute` reads it); its
+  artifacts come from the model store (native formats, no pickle), its cut-off from its
+  out-of-time reference (`month_cutoff`, predictions.cutoff_mode).
+- An application is a loan of gold.feature_store (`{"loan_id": ...}`), or its raw fields in
+  the course layout (the lms row of its start, attributes, financials, clickstream snapshots),
+  which go through the batch pipeline's own SQL: sql/silver/*.sql (`silver.clean`) and
+  sql/gold/feature_store.sql (`gold.application_features`), in an in-memory DuckDB
+  (ml_assets.transform). Grade, decision and reason codes come from `score_applications`.
+- Every `serve.reload_seconds` the service compares the Delta versions of the tables it read
+  with the lake's; a changed one is loaded beside the old state, which is then swapped in (one
+  reference assignment): a request in flight finishes with the state it started with.
+"""
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from fastapi import Body, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+
+from ml_assets.assets.gold import application_features
+from ml_assets.assets.models import (
+    ALIAS,
+    MISSING_SOURCES_SQL,
+    coverage_verdict,
+    month_cutoff,
+    reference_of,
+    score_applications,
+)
+from ml_assets.assets.silver import KEPT_ROWS, REJECTED_ROWS, clean, rule_hits
+from ml_assets.contracts import SourceContract, contracts
+from ml_assets.modeling import Model
+from ml_assets.spec import RESULT, Build
+from ml_assets.tables import (
+    FEATURE_STORE,
+    MODEL_ALIASES,
+    RAW_ATTRIBUTES,
+    RAW_CLICKSTREAM,
+    RAW_FINANCIALS,
+    RAW_LMS,
+    SCORE_REFERENCE,
+    SILVER_ATTRIBUTES,
+    SILVER_CLICKSTREAM,
+    SILVER_FINANCIALS,
+    SILVER_LOAN_DAILY,
+    SOURCE_COVERAGE,
+)
+from ml_assets.transform import run_transform, transform_connection
+from resources.lake import Lake
+from resources.model_store import ModelStore
+
+log = logging.getLogger("vintage.serve")
+
+# each block of a raw application: the raw table (source) it stands for and the silver table
+# its rows are cleaned into
+RAW_BLOCKS = {"loan": (RAW_LMS, SILVER_LOAN_DAILY),
+              "attributes": (RAW_ATTRIBUTES, SILVER_ATTRIBUTES),
+              "financials": (RAW_FINANCIALS, SILVER_FINANCIALS),
+              "clickstream": (RAW_CLICKSTREAM, SILVER_CLICKSTREAM)}
+# cleaning rules (ml_assets.assets.silver `rule_counts`) that turn a value given into NULL:
+# out of range, not whole, a category outside the allowed ones
+OUT_OF_RANGE_RULES = ("out_of_range", "not_whole", "not_allowed")
+INPUT_MODES = ("loan_id", "raw")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServiceError(RuntimeError):
+    """The service cannot score: no approved champion, or its artifacts or tables missing."""
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+RawValue = str | int | float | None
+
+
+def _source_model(name: str, contract: SourceContract, required: Iterable[str] = ()
+                  ) -> type[BaseModel]:
+    """A pydantic model of one raw row of `contract`'s source: its columns, as text or
+    numbers, `required` ones given; any other field is refused."""
+    required = set(required)
+    fields: dict[str, Any] = {
+        column.name: (str, ...) if column.name in required else (RawValue, None)
+        for column in contract.columns}
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _kind(body: Any) -> str:
+    return "loan_id" if isinstance(body, dict) and "loan_id" in body else "application"
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies, built from the data contracts (config/contracts.yaml): a loan of
+    the feature store, or a raw application; one of either, or a batch of them."""
+
+    application: Any
+    batch: type[BaseModel]
+
+    @classmethod
+    def of(cls, source_contracts: Mapping[str, SourceContract], max_batch: int
+           ) -> "RequestModels":
+        loan = _source_model("LoanRow", source_contracts[RAW_LMS.name],
+                             ("loan_id", "Customer_ID", "loan_start_date"))
+        attributes = _source_model("AttributesRow", source_contracts[RAW_ATTRIBUTES.name])
+        financials = _source_model("FinancialsRow", source_contracts[RAW_FINANCIALS.name])
+        clickstream = _source_model("ClickstreamRow", source_contracts[RAW_CLICKSTREAM.name])
+        by_loan = create_model("LoanRequest", __config__=ConfigDict(extra="forbid"),
+                               loan_id=(str, Field(min_length=1)))
+        raw = create_model(
+            "ApplicationRequest", __config__=ConfigDict(extra="forbid"),
+            loan=(loan, ...), attributes=(attributes | None, None),
+            financials=(financials | None, None), clickstream=(list[clickstream], []))
+        application = Annotated[Annotated[by_loan, Tag("loan_id")]
+                                | Annotated[raw, Tag("application")], Discriminator(_kind)]
+        batch = create_model("BatchRequest", __config__=ConfigDict(extra="forbid"),
+                             applications=(list[application],
+                                           Field(min_length=1, max_length=max_batch)))
+        return cls(application, batch)
+
+
+class UnknownLoan(LookupError):
+    """A loan_id that gold.feature_store does not hold (404)."""
+
+
+class InvalidApplication(ValueError):
+    """Raw fields the batch pipeline's cleaning rejects: errors as FastAPI writes a 422's
+    `detail` (loc, msg, type)."""
+
+    def __init__(self, errors: list[dict]):
+        super().__init__("; ".join(e["msg"] for e in errors))
+        self.errors = errors
+
+
+# -- what the service scores with ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything a request reads, loaded together and swapped whole: the champion, its
+    reference and cut-off, the feature store and the source coverage, and the Delta version of
+    each table read (to see when one changes)."""
+
+    versions: dict[str, int | None]
+    model: Model
+    model_name: str
+    model_version: str
+    trained_month: date
+    champion_month: date
+    cutoff: float
+    reference_scores: np.ndarray
+    features: pd.DataFrame  # gold.feature_store with missing_sources, indexed by loan_id
+    coverage: dict[date, list[tuple]]  # application month -> (source, status, message)
+    loaded_at: datetime
+    verdicts: dict = field(default_factory=dict, compare=False)  # month -> coverage_verdict
+
+    def verdict(self, month: date) -> tuple[str, list, str]:
+        """The champion's coverage verdict (`coverage_verdict`) for an application month."""
+        if month not in self.verdicts:
+            self.verdicts[month] = coverage_verdict(self.coverage.get(month, []),
+                                                    list(self.model.features.names))
+        return self.verdicts[month]
+
+
+WATCHED = (MODEL_ALIASES, SCORE_REFERENCE, FEATURE_STORE, SOURCE_COVERAGE)
+
+
+def table_versions(lake: Lake) -> dict[str, int | None]:
+    return {table.qualified_name: lake.version(table) for table in WATCHED}
+
+
+def load_state(build: Build, lake: Lake, store: ModelStore,
+               versions: dict[str, int | None]) -> State:
+    """The state at the Delta `versions` (table_versions). Raises ServiceError when there is
+    no approved champion yet, or its reference is missing where the cut-off mode needs it."""
+    if versions[MODEL_ALIASES.qualified_name] is None:
+        raise ServiceError("no champion yet: ml.model_aliases is empty (run the pipeline "
+                           "through the champion gate first)")
+    with duckdb.connect() as con:
+        lake.read(con, "model_aliases", MODEL_ALIASES, None,
+                  versions[MODEL_ALIASES.qualified_name])
+        found = con.execute(
+            "SELECT month, model_name, model_version, trained_month FROM model_aliases "
+            "WHERE alias = $alias ORDER BY month DESC LIMIT 1", {"alias": ALIAS}).fetchall()
+        if not found or found[0][2] is None:
+            raise ServiceError("no approved champion in the latest month of ml.model_aliases")
+        month, name, version, trained = found[0]
+        lake.read(con, "ml_score_reference", SCORE_REFERENCE, [trained],
+                  versions[SCORE_REFERENCE.qualified_name])
+        reference = reference_of(con, version)
+        chosen = month_cutoff(build.models, reference, version)
+        lake.read(con, "gold_feature_store", FEATURE_STORE, None,
+                  versions[FEATURE_STORE.qualified_name])
+        features = con.execute(f"SELECT *, {MISSING_SOURCES_SQL} FROM gold_feature_store"
+                               ).df(date_as_object=True)
+        coverage: dict[date, list[tuple]] = {}
+        if versions[SOURCE_COVERAGE.qualified_name] is not None:
+            lake.read(con, "source_coverage", SOURCE_COVERAGE, None,
+                      versions[SOURCE_COVERAGE.qualified_name])
+            for covered_month, *row in con.execute(
+                    "SELECT application_month, source, status, message FROM source_coverage "
+                    "ORDER BY ALL").fetchall():
+                coverage.setdefault(covered_month, []).append(tuple(row))
+    return State(
+        versions=versions, model=store.load(name, version), model_name=name,
+        model_version=version, trained_month=trained, champion_month=month,
+        cutoff=chosen.cutoff if chosen else build.models.decision_cutoff,
+        reference_scores=np.asarray(reference.scores if reference else [], dtype=float),
+        features=features.set_index("loan_id", drop=False), coverage=coverage,
+        loaded_at=datetime.now(UTC))
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+class Metrics:
+    """The service's Prometheus metrics, in their own registry (README, Serving, lists them)."""
+
+    def __init__(self, rating_scale, psi_window: int):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("vintage_http_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("vintage_http_request_duration_seconds",
+                                 "Time to answer a request, by endpoint and status",
+                                 ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS,
+                                 registry=r)
+        bounds = sorted({float(bound) for _, bound in rating_scale} | {1.0})
+        self.scores = Histogram("vintage_score", "PD of each scored application (buckets: the "
+                                "rating master scale's grade bounds)", ["input"],
+                                buckets=bounds, registry=r)
+        self.applications = Counter("vintage_scored_applications",
+                                    "Applications scored, by input mode", ["input"], registry=r)
+        self.missing = Counter("vintage_applications_with_missing_features",
+                               "Applications scored with at least one model feature missing",
+                               ["input"], registry=r)
+        self.out_of_range = Counter(
+            "vintage_applications_with_out_of_range_fields",
+            "Raw applications with a field the cleaning rules set aside as out of range, not "
+            "whole or not an allowed category", ["input"], registry=r)
+        self.missing_share = Gauge("vintage_missing_feature_share",
+                                   f"Share of the last {psi_window} scored applications with "
+                                   "a model feature missing", registry=r)
+        self.out_of_range_share = Gauge("vintage_out_of_range_field_share",
+                                        f"Share of the last {psi_window} scored applications "
+                                        "with an out-of-range field", registry=r)
+        self.psi = Gauge("vintage_score_psi", f"PSI of the last {psi_window} scores against the "
+                         "champion's out-of-time reference (NaN: too few scores yet)",
+                         registry=r)
+        self.window = Gauge("vintage_score_window_size", "Scores in the live PSI's window",
+                            registry=r)
+        self.model = Info("vintage_model", "The champion the service scores with", registry=r)
+        self.loaded = Gauge("vintage_model_loaded_timestamp_seconds",
+                            "When the champion was loaded (Unix time)", registry=r)
+        self.cutoff = Gauge("vintage_decision_cutoff", "The champion's PD cut-off: decline at "
+                            "or above", registry=r)
+        self.reloads = Counter("vintage_reloads", "State reloads, by outcome", ["outcome"],
+                               registry=r)
+        # every labelled series from the start, so that dashboards and alerts see zeros
+        for mode in INPUT_MODES:
+            for metric in (self.scores, self.applications, self.missing, self.out_of_range):
+                metric.labels(mode)
+        for outcome in ("loaded", "failed"):
+            self.reloads.labels(outcome)
+
+
+@dataclass
+class Window:
+    """The last `size` scored applications: scores and data-quality flags, for the live PSI
+    and shares; emptied when the champion changes."""
+
+    size: int
+    scores: deque = field(init=False)
+    missing: deque = field(init=False)
+    out_of_range: deque = field(init=False)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.scores = deque(maxlen=self.size)
+        self.missing = deque(maxlen=self.size)
+        self.out_of_range = deque(maxlen=self.size)
+
+    def add(self, score: float, missing: bool, out_of_range: bool) -> None:
+        with self.lock:
+            self.scores.append(score)
+            self.missing.append(missing)
+            self.out_of_range.append(out_of_range)
+
+    def snapshot(self) -> tuple[np.ndarray, float | None, float | None]:
+        with self.lock:
+            scores = np.array(self.scores, dtype=float)
+            shares = [float(np.mean(d)) if d else None for d in (self.missing, self.out_of_range)]
+        return scores, shares[0], shares[1]
+
+
+def score_psi(con: duckdb.DuckDBPyConnection, reference: np.ndarray, scores: np.ndarray,
+              build: Build, model_version: str) -> float:
+    """PSI of `scores` against the `reference` scores, by sql/monitoring/stability.sql (bins:
+    the reference's deciles; proportions floored at monitoring.psi_floor), as
+    monitoring.stability computes the monthly score PSI."""
+    thresholds = build.config.monitoring
+    rows = run_transform(con, "monitoring/stability", {
+        "reference_rows": pa.table({"score": pa.array(reference, pa.float64())}),
+        "actual_rows": pa.table({"score": pa.array(scores, pa.float64())})}, {
+        "numeric": ["score"], "categorical": [], "floor": thresholds.psi_floor,
+        "watch": thresholds.psi_watch, "act": thresholds.psi_act,
+        "outage": thresholds.outage_missing_increase, "outage_variables": [],
+        "month": date.today(), "model_version": model_version}).fetchall()
+    return float(rows[0][4])
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+class ScoringService:
+    """Scores applications with the current state; `refresh` swaps in a new one."""
+
+    def __init__(self, build: Build, lake: Lake, store: ModelStore):
+        self.build, self.lake, self.store = build, lake, store
+        self.settings = build.config.serve
+        self.metrics = Metrics(build.models.rating_scale, self.settings.psi_window)
+        self.window = Window(self.settings.psi_window)
+        self._local = threading.local()
+        self._reload_lock = threading.Lock()
+        self.state: State = self._install(load_state(build, lake, store, table_versions(lake)))
+
+    def _install(self, state: State) -> State:
+        self.metrics.model.info({
+            "model_version": state.model_version, "model_name": state.model_name,
+            "trained_month": state.trained_month.isoformat(),
+            "champion_month": state.champion_month.isoformat()})
+        self.metrics.loaded.set(state.loaded_at.timestamp())
+        self.metrics.cutoff.set(state.cutoff)
+        return state
+
+    def refresh(self) -> bool:
+        """Load the state again if a table it read has a new Delta version; True when the
+        state changed. A failure keeps the current state (and is counted and logged)."""
+        with self._reload_lock:
+            try:
+                versions = table_versions(self.lake)
+                if versions == self.state.versions:
+                    return False
+                state = load_state(self.build, self.lake, self.store, versions)
+            except Exception:
+                self.metrics.reloads.labels("failed").inc()
+                log.exception("reload failed; still scoring with %s", self.state.model_version)
+                return False
+            if state.model_version != self.state.model_version:
+                self.window.clear()
+                log.info("champion %s replaces %s", state.model_version,
+                         self.state.model_version)
+            self.state = self._install(state)  # one assignment: requests see old or new
+            self.metrics.reloads.labels("loaded").inc()
+            return True
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """This thread's DuckDB connection, with the transforms' macros. Without DuckDB's
+        optimizer: on one application planning is the cost (the cleaning macros expand to
+        hundreds of expressions), halved without it, and its rewrites change no result."""
+        if not hasattr(self._local, "con"):
+            self._local.con = transform_connection()
+            self._local.con.execute("PRAGMA disable_optimizer")
+        return self._local.con
+
+    # -- features ------------------------------------------------------------------------
+
+    def loan_features(self, state: State, loan_id: str) -> pd.DataFrame:
+        if loan_id not in state.features.index:
+            raise UnknownLoan(f"loan_id {loan_id!r} is not in gold.feature_store")
+        return state.features.loc[[loan_id]]
+
+    def raw_features(self, applications: Sequence[BaseModel], wheres: Sequence[tuple]
+                     ) -> list[tuple[pd.DataFrame, list[str]]]:
+        """The feature-store row of each raw application (sql/silver/*.sql, then
+        sql/gold/feature_store.sql, once for them all: DuckDB's planning is the cost) and the
+        fields a cleaning rule set aside as out of range (`OUT_OF_RANGE_RULES`). The
+        applications must have distinct customers (the feature SQL joins by customer);
+        `wheres` place each in the request body. Raises InvalidApplication for rows the
+        cleaning rejects, or a loan row that does not open its loan (snapshot_date outside
+        its start month)."""
+        con, errors = self.con, []
+        loans = [{**a.loan.model_dump(), "snapshot_date": a.loan.snapshot_date
+                  or a.loan.loan_start_date} for a in applications]
+        blocks = {"loan": [[loan] for loan in loans],
+                  "attributes": [[a.attributes.model_dump()] if a.attributes else []
+                                 for a in applications],
+                  "financials": [[a.financials.model_dump()] if a.financials else []
+                                 for a in applications],
+                  "clickstream": [[row.model_dump() for row in a.clickstream]
+                                  for a in applications]}
+        out_of_range: list[list[str]] = [[] for _ in applications]
+        for block, per_application in blocks.items():
+            raw_table, silver_table = RAW_BLOCKS[block]
+            rows, owners = [], []  # owners[_row_number - 1]: (application, position in block)
+            for i, block_rows in enumerate(per_application):
+                for position, row in enumerate(block_rows):
+                    row["Customer_ID"] = row.get("Customer_ID") or loans[i]["Customer_ID"]
+                    rows.append(row)
+                    owners.append((i, position))
+            con.register("request_rows", raw_rows(rows, raw_table.name))
+            con.execute("CREATE OR REPLACE TEMP VIEW raw_rows AS SELECT *, date_trunc('month', "
+                        "parse_source_date(snapshot_date))::DATE AS _snapshot_month "
+                        "FROM request_rows")
+            clean(con, silver_table)
+            for number, reason in con.execute(
+                    f"SELECT _row_number, reason FROM ({REJECTED_ROWS}) ORDER BY ALL"
+                    ).fetchall():
+                i, position = owners[number - 1]
+                for problem in reason.split("; "):
+                    loc = (*wheres[i], block, *((position,) if block == "clickstream" else ()),
+                           problem.split(" ")[0])
+                    errors.append({"loc": ["body", *loc], "msg": problem,
+                                   "type": "value_error"})
+            for number, hits in rule_hits(con, OUT_OF_RANGE_RULES).items():
+                out_of_range[owners[number - 1][0]] += [
+                    f"{block}.{hit.split('.', 1)[1]}" for hit in hits]
+            con.register(f"silver_{silver_table.name}", con.sql(KEPT_ROWS).to_arrow_table())
+        if errors:
+            raise InvalidApplication(errors)
+        months = [row[0] for row in con.execute(
+            "SELECT DISTINCT date_trunc('month', loan_start_date)::DATE FROM silver_loan_daily"
+            ).fetchall()]
+        application_features(con, self.build.rules, months, self.build.partitions)
+        frame = con.execute(f"SELECT *, {MISSING_SOURCES_SQL} FROM {RESULT}"
+                            ).df(date_as_object=True).set_index("loan_id", drop=False)
+        opened = [loan["loan_id"].strip() for loan in loans]
+        errors = [{"loc": ["body", *wheres[i], "loan", "snapshot_date"], "type": "value_error",
+                   "msg": "the loan row must be the loan's first snapshot: snapshot_date in the "
+                          "month of loan_start_date"}
+                  for i, loan_id in enumerate(opened) if loan_id not in frame.index]
+        if errors:
+            raise InvalidApplication(errors)
+        return [(frame.loc[[loan_id]], sorted(set(out_of_range[i])))
+                for i, loan_id in enumerate(opened)]
+
+    # -- scoring -------------------------------------------------------------------------
+
+    def score(self, request: BaseModel) -> dict:
+        """The answer to one application: PD, grade, decision, reasons, model version. Raises
+        UnknownLoan, InvalidApplication."""
+        return self.score_many([request], [()])[0]
+
+    def score_many(self, requests: Sequence[BaseModel], wheres: Sequence[tuple]) -> list[dict]:
+        """The answers to applications in order; raw ones go through the SQL together (in
+        groups of distinct customers and loans). One invalid application raises
+        InvalidApplication for them all, naming each bad one by its `wheres`."""
+        state = self.state  # these requests' state, whatever a reload does meanwhile
+        found: dict[int, tuple[pd.DataFrame, list[str]]] = {}
+        errors: list[dict] = []
+        raw = [i for i, r in enumerate(requests) if not hasattr(r, "loan_id")]
+        for i in set(range(len(requests))) - set(raw):
+            try:
+                found[i] = self.loan_features(state, requests[i].loan_id), []
+            except UnknownLoan as error:
+                if len(requests) == 1:
+                    raise
+                errors.append({"loc": ["body", *wheres[i], "loan_id"], "msg": str(error),
+                               "type": "not_found"})
+        for group in distinct_groups(raw, requests):
+            try:
+                answers = self.raw_features([requests[i] for i in group],
+                                            [wheres[i] for i in group])
+            except InvalidApplication as error:
+                errors += error.errors
+                continue
+            found.update(zip(group, answers, strict=True))
+        if errors:
+            raise InvalidApplication(errors)
+        return [self.answer(state, *found[i], "raw" if i in raw else "loan_id")
+                for i in range(len(requests))]
+
+    def answer(self, state: State, frame: pd.DataFrame, out_of_range: list[str],
+               mode: str) -> dict:
+        """One application's answer from its feature-store row `frame`, and the metrics."""
+        month = frame["application_month"].iloc[0]
+        status, failing, issue = state.verdict(month)
+        scored = score_applications(state.model, self.build.models, frame, state.cutoff,
+                                    failing).iloc[0]
+        row = frame.iloc[0]
+        missing = [name for name in state.model.features.names if pd.isna(row[name])]
+        pd_ = float(scored["score"])
+        self.metrics.scores.labels(mode).observe(pd_)
+        self.metrics.applications.labels(mode).inc()
+        if missing:
+            self.metrics.missing.labels(mode).inc()
+        if out_of_range:
+            self.metrics.out_of_range.labels(mode).inc()
+        self.window.add(pd_, bool(missing), bool(out_of_range))
+        reasons = [scored[f"reason_{k}"] for k in (1, 2, 3) if scored[f"reason_{k}"]]
+        return {
+            "loan_id": row["loan_id"], "customer_id": row["customer_id"],
+            "application_month": month.isoformat(), "input": mode,
+            "pd": pd_, "grade": scored["grade"], "decision": scored["decision"],
+            "decision_cutoff": state.cutoff,
+            "reasons": [{"feature": r, "description": self.build.models.describe(r)}
+                        for r in reasons],
+            "model_version": state.model_version, "model_name": state.model_name,
+            "missing_sources": row["missing_sources"], "coverage_status": status,
+            "coverage_issue": issue or None,
+            "data_quality": {"missing_features": missing, "out_of_range_fields": out_of_range},
+        }
+
+    def health(self) -> dict:
+        state = self.state
+        return {"status": "ok", "model_version": state.model_version,
+                "model_name": state.model_name,
+                "trained_month": state.trained_month.isoformat(),
+                "champion_month": state.champion_month.isoformat(),
+                "decision_cutoff": state.cutoff,
+                "loaded_at": state.loaded_at.isoformat(timespec="seconds"),
+                "feature_store_loans": len(state.features),
+                "table_versions": state.versions}
+
+    def update_window_metrics(self) -> None:
+        """The live PSI and data-quality shares of the window, as a scrape sees them."""
+        state = self.state
+        scores, missing_share, out_of_range_share = self.window.snapshot()
+        self.metrics.window.set(len(scores))
+        self.metrics.missing_share.set(missing_share if missing_share is not None else 0.0)
+        self.metrics.out_of_range_share.set(
+            out_of_range_share if out_of_range_share is not None else 0.0)
+        measurable = len(scores) >= self.settings.psi_min_scores and len(state.reference_scores)
+        self.metrics.psi.set(score_psi(self.con, state.reference_scores, scores, self.build,
+                                       state.model_version) if measurable else float("nan"))
+
+
+def distinct_groups(indexes: Sequence[int], requests: Sequence[BaseModel]
+                    ) -> list[list[int]]:
+    """`indexes` of raw applications in groups, in order, none holding two applications of the
+    same customer or loan (the feature SQL would join one's rows to the other's)."""
+    groups: list[list[int]] = []
+    seen: list[set] = []
+    for i in indexes:
+        keys = {("customer", requests[i].loan.Customer_ID.strip()),
+                ("loan", requests[i].loan.loan_id.strip())}
+        for group, taken in zip(groups, seen, strict=True):
+            if not keys & taken:
+                group.append(i)
+                taken |= keys
+                break
+        else:
+            groups.append([i])
+            seen.append(set(keys))
+    return groups
+
+
+def raw_rows(rows: list[dict], source: str) -> pa.Table:
+    """Request rows as the raw table of `source` holds them: every column of its contract as
+    text, in order, and the lineage columns _row_number and _source_file (the request)."""
+    columns = [column.name for column in contracts()[source].columns]
+    return pa.table({
+        **{name: pa.array([_text(row.get(name)) for row in rows], pa.string())
+           for name in columns},
+        "_row_number": pa.array(range(1, len(rows) + 1), pa.int64()),
+        "_source_file": pa.array(["request"] * len(rows), pa.string())})
+
+
+def _text(value: RawValue) -> str | None:
+    """A JSON value as the text a CSV cell holds (a float in its shortest exact form)."""
+    return None if value is None else value if isinstance(value, str) else repr(value)
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+def create_app(service: ScoringService, reload: bool = True) -> FastAPI:
+    """The FastAPI app of `service`; with `reload`, a thread calls `service.refresh` every
+    serve.reload_seconds while it runs."""
+    models = RequestModels.of(contracts(), service.settings.max_batch)
+    stop = threading.Event()
+
+    def reloading():
+        while not stop.wait(service.settings.reload_seconds):
+            service.refresh()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        thread = threading.Thread(target=reloading, name="vintage-reload", daemon=True)
+        if reload:
+            thread.start()
+        yield
+        stop.set()
+
+    app = FastAPI(title="Vintage scoring service", lifespan=lifespan,
+                  description="The approved champion of the Vintage platform: PD, grade, "
+                              "decision and reason codes for one application or a batch.")
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            labels = (endpoint, request.method, str(status))
+            service.metrics.requests.labels(*labels).inc()
+            service.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+    @app.exception_handler(InvalidApplication)
+    async def invalid(_request: Request, error: InvalidApplication):
+        return JSONResponse({"detail": error.errors}, status_code=422)
+
+    @app.exception_handler(UnknownLoan)
+    async def unknown(_request: Request, error: UnknownLoan):
+        return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.post("/v1/score")
+    def score(application: Annotated[models.application, Body()]) -> dict:
+        """Score one application: `{"loan_id": ...}` or its raw fields."""
+        return service.score(application)
+
+    @app.post("/v1/score/batch")
+    def score_batch(batch: models.batch) -> dict:
+        """Score up to serve.max_batch applications; one invalid application refuses all."""
+        wheres = [("applications", i) for i in range(len(batch.applications))]
+        return {"results": service.score_many(batch.applications, wheres)}
+
+    @app.get("/health")
+    def health() -> dict:
+        return service.health()
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        service.update_window_metrics()
+        return Response(generate_latest(service.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(build: Build, lake: Lake, store: ModelStore, host: str, port: int,
+          log_level: Literal["info", "warning"] = "info") -> None:
+    """Run the service with uvicorn on host:port until stopped (SIGINT, SIGTERM)."""
+    import uvicorn
+
+    app = create_app(ScoringService(build, lake, store))
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
