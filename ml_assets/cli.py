@@ -720,6 +720,7 @@ def cmd_report(args) -> int:
     from ml_assets.assets.monitoring import report_store, validation_file
     from ml_assets.definitions import build_lake
     from ml_assets.months import folder_label
+    from ml_assets.reproduce import NotPublished, model_record
     from ml_assets.signoff import version_month
     from resources.storage import StorageError
 
@@ -732,6 +733,10 @@ def cmd_report(args) -> int:
             raise FileNotFoundError(path)
     except FileNotFoundError:
         month = folder_label(version_month(args.version))
+        try:  # a version never trained has no report to materialise
+            model_record(build_lake(config), args.version)
+        except NotPublished as error:
+            raise ArgumentError(str(error)) from None
         raise ArgumentError(
             f"no validation report of {args.version} in {store.uri_of('validation')}: "
             f"materialise it (vintage run --from {month} --to {month} --select "

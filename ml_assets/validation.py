@@ -133,6 +133,12 @@ def sign_off_state(version: str, alias: dict | None, approvals: list[dict]) -> d
                 "reason": last["reason"], "at": last["decided_at"],
                 "summary": f"rejected by {last['decided_by']}: {last['reason']}; the month's "
                            f"champion is {alias['model_version'] or 'none'}"}
+    challenger = alias["challenger_version"]
+    if challenger and challenger != version:
+        return {**state, "summary": f"not proposed as champion: the month's challenger was "
+                                    f"{challenger}, the candidate with the best OOT AUC among "
+                                    f"those that passed their checks (the gate: "
+                                    f"{alias['reason']})"}
     return {**state, "summary": f"not proposed as champion: {alias['reason']}"}
 
 
@@ -196,7 +202,8 @@ def data_limitations(step: Step, record: dict, train_loans: int, calibration: li
                      "the training split (training.max_training_rows)")
     if json.loads(record["calibration"]).get("method", "none") == "none":
         found.append("uncalibrated: its scores are the model's own probabilities; the "
-                     "calibration by grade below is the evidence that they can be read as PDs")
+                     "calibration by grade in this report is the evidence that they can be "
+                     "read as PDs")
     low = [r["grade"] for r in calibration if r["loans"] and min(
         r["binomial_p_value"], r["jeffreys_p_value"]) < thresholds.calibration_warn_p]
     if low:

@@ -68,7 +68,10 @@ def test_the_sign_off_sentence_follows_the_gate_and_the_people():
     assert [d["action"] for d in state["decisions"]] == ["approve"]
     other = sign_off_state("logistic-2024-02", promoted, decisions)
     assert other["status"] is None and other["decisions"] == []
-    assert other["summary"].startswith("not proposed as champion")
+    assert other["summary"] == (
+        "not proposed as champion: the month's challenger was lightgbm-2024-02, the candidate "
+        "with the best OOT AUC among those that passed their checks (the gate: challenger "
+        "lightgbm-2024-02 does not beat the champion)")
     proposed = sign_off_state("lightgbm-2024-02", alias(status="proposed"), [])
     assert proposed["status"] == "proposed" and "awaiting sign-off" in proposed["summary"]
     rejected = sign_off_state("lightgbm-2024-02", alias(
@@ -389,6 +392,10 @@ def test_vintage_report_copies_the_report_and_prints_its_path(warehouse, tmp_pat
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out.resolve())
     assert out.read_bytes() == Path(report_rows(warehouse)[version]["report_uri"]).read_bytes()
-    missing = run_vintage("report", "lightgbm-2023-06", env=env)
+    missing = run_vintage("report", "lightgbm-2023-06", env=env)  # never trained
     assert missing.returncode == 2
-    assert "no validation report of lightgbm-2023-06" in missing.stderr
+    assert "model version lightgbm-2023-06 is not in ml.model_registry" in missing.stderr
+    other_name = run_vintage("report", version.replace("lightgbm", "nosuch")
+                             .replace("logistic", "nosuch"), env=env)
+    assert other_name.returncode == 2
+    assert "the versions trained in" in other_name.stderr
