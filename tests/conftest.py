@@ -52,6 +52,10 @@ def run_vintage(*args: str, env: dict | None = None, cwd=None,
                 timeout: float = 1200) -> subprocess.CompletedProcess:
     """The `vintage` command in its own process, as a user runs it. The timeout only stops a
     hung process: a whole-graph run at scale 0.2 takes about 130 s on a quiet 2-core machine
-    and several times that beside the suite's other worker and a busy host."""
-    return subprocess.run([VINTAGE, *args], env={**os.environ, **(env or {})}, cwd=cwd,
+    and several times that beside the suite's other worker and a busy host. Whatever it
+    does, it ends without the page of "leaked instances" duckdb's bindings print when the
+    interpreter's last teardown runs (ml_assets.cli.entry skips it)."""
+    done = subprocess.run([VINTAGE, *args], env={**os.environ, **(env or {})}, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+    assert "nanobind" not in done.stderr, done.stderr[-2000:]
+    return done
