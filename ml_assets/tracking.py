@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ml_assets.assets.models import ModelRecord
 
 ALIAS = "champion"
+PARAM_LIMIT = 6000  # characters of an MLflow param value (mlflow.utils.validation)
 SPLITS = ("train", "test", "oot")
 MAX_RETRIES, REQUEST_TIMEOUT = 2, 30  # seconds; MLflow's defaults wait minutes for a dead server
 VERSION_TAG = "vintage.model_version"
@@ -73,11 +74,19 @@ def run_params(record: ModelRecord) -> dict[str, str]:
         "training.oot_month": f"{record.oot_month:%Y-%m}",
         **{f"training.{key}": value for key, value in config.items() if key != "label_mob"},
         "label.definition": record.label_def, "label.mob": config["label_mob"],
-        "features": ",".join(record.features),
-        "features.categorical": ",".join(record.categorical_features),
+        "features": _listed(record.features),
+        "features.categorical": _listed(record.categorical_features),
+        "features.count": len(record.features),
         "calibration": json.loads(record.calibration)["method"],
     }
     return {key: str(value) for key, value in params.items()}
+
+
+def _listed(names: Sequence[str]) -> str:
+    """Names comma-separated; a list longer than an MLflow param holds is named by its count
+    (the artifact model/model.json lists every feature)."""
+    text = ",".join(names)
+    return text if len(text) <= PARAM_LIMIT else f"{len(names)} features: see model/model.json"
 
 
 def run_metrics(record: ModelRecord) -> dict[str, float]:

@@ -7,6 +7,8 @@ with tracking off nothing may import mlflow."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -24,13 +26,18 @@ import duckdb
 import pytest
 import yaml
 
-from ml_assets.assets.models import ModelRecord, current_champion, read_records
+from ml_assets.assets.models import (
+    AliasRecord,
+    ModelRecord,
+    current_champion,
+    read_records,
+)
 from ml_assets.model_config import load_model_config
 from ml_assets.modeling import load_model
 from ml_assets.partitions import upstream_months
 from ml_assets.settings import SettingsError
 from ml_assets.tables import FEATURE_STORE, LABEL_STORE, MODEL_ALIASES, MODEL_REGISTRY, TRAINING_SET
-from ml_assets.tracking import ALIAS, VERSION_TAG
+from ml_assets.tracking import ALIAS, VERSION_TAG, run_params
 from tests.test_models_delta import Warehouse, one_thread_models_file, succeeded
 
 pytestmark = pytest.mark.xdist_group("mlflow")
@@ -74,6 +81,8 @@ def server(tmp_path_factory):
          "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--default-artifact-root", str(folder / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        # without MLflow's GenAI job workers (seven more processes)
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -92,8 +101,12 @@ def server(tmp_path_factory):
         yield uri
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
-        process.wait(timeout=30)
-        log.close()
+        try:
+            process.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # anything of it still there
+                os.killpg(process.pid, signal.SIGKILL)
+            log.close()
 
 
 def mlflow_said(result) -> dict[str, str]:
@@ -186,6 +199,16 @@ def test_one_run_per_candidate_with_its_params_metrics_and_tags(tracked, client,
 
 
 @needs_mlflow
+def test_a_feature_list_longer_than_a_param_holds_is_named_by_its_count(tracked):
+    record = registry(tracked.built)[0]
+    wide = dataclasses.replace(record, features=[f"feature_{i:04d}" for i in range(600)])
+    params = run_params(wide)
+    assert params["features"] == "600 features: see model/model.json"
+    assert params["features.count"] == "600"
+    assert run_params(record)["features"].split(",") == record.features
+
+
+@needs_mlflow
 def test_the_artifacts_are_the_native_files_and_score_as_the_platform(tracked, client,
                                                                      tmp_path):
     store, lake = tracked.built.store(), tracked.built.lake()
@@ -257,6 +280,41 @@ def test_the_champion_alias_is_the_platforms_champion(tracked, client):
     assert sorted(v.tags[VERSION_TAG] for v in versions) == sorted(
         r.model_version for r in registry(tracked.built))
     assert f"has the alias {ALIAS}" in tracked.said["ml/model_aliases"]
+
+
+@needs_mlflow
+def test_the_alias_waits_for_the_sign_off(tracked, client, server, tmp_path):
+    """Under champion.approval: manual the gate of 2024-02 only proposes its challenger, and
+    the alias goes back to the last approved champion; the gate again in auto mode promotes
+    it, and the alias follows (as the tracked warehouse left it)."""
+    [promotion] = [row for row in aliases(tracked.built) if row.month == TRAINED[-1]]
+    assert promotion.decision == "promoted" and promotion.status == "approved"
+    copy = tracked.built.copy(tmp_path / "manual")
+    manual_file = models_file(tmp_path / "manual", server)
+    raw = yaml.safe_load(manual_file.read_text())
+    raw["champion"]["approval"] = "manual"
+    manual_file.write_text(yaml.safe_dump(raw))
+    manual = Warehouse(copy.root, copy.source, manual_file)
+    succeeded(manual.materialise(TRAINED[-1], TRAINED[-1], [MODEL_ALIASES]))
+    champion = current_champion(manual.lake())
+    assert champion.status == "proposed"
+    assert champion.challenger_version == promotion.model_version != champion.model_version
+    alias = client.get_model_version_by_alias(REGISTERED, ALIAS)
+    assert alias.tags[VERSION_TAG] == champion.model_version
+
+    (tmp_path / "auto").mkdir()
+    auto = Warehouse(copy.root, copy.source, models_file(tmp_path / "auto", server))
+    succeeded(auto.materialise(TRAINED[-1], TRAINED[-1], [MODEL_ALIASES]))
+    assert current_champion(auto.lake()).model_version == promotion.model_version
+    alias = client.get_model_version_by_alias(REGISTERED, ALIAS)
+    assert alias.tags[VERSION_TAG] == promotion.model_version
+
+
+def aliases(built: Warehouse) -> list[AliasRecord]:
+    lake = built.lake()
+    with duckdb.connect() as con:
+        lake.read(con, "model_aliases", MODEL_ALIASES, None)
+        return read_records(con, "SELECT * FROM model_aliases ORDER BY month", AliasRecord)
 
 
 def registry_rows(built: Warehouse) -> list[dict]:
