@@ -661,11 +661,13 @@ def current_champion(lake: Lake, version: int | None = None) -> AliasRecord | No
 def track_champion(step: Step, aliases_version: int) -> dict:
     """Move MLflow's alias champion to the platform's current champion, as the gate just
     published it (ml.model_aliases at `aliases_version`); the asset's `mlflow` metadata."""
-    champion = current_champion(step.lake, aliases_version)
-    if champion is None or champion.model_version is None:
-        return {"mlflow": "no approved champion yet: the alias is left as it is"}
-    return tracked(step.models.tracking,
-                   lambda tracker: tracker.set_champion(champion.model_version), _warn(step))
+    def move(tracker) -> str:
+        champion = current_champion(step.lake, aliases_version)
+        if champion is None or champion.model_version is None:
+            return "no approved champion yet: the alias is left as it is"
+        return tracker.set_champion(champion.model_version)
+
+    return tracked(step.models.tracking, move, _warn(step))
 
 
 def approvals_compute(step: Step) -> dict[Table, str]:
