@@ -42,10 +42,10 @@ from ml_assets.model_config import TrackingConfig
 if TYPE_CHECKING:
     from ml_assets.assets.models import ModelRecord
 
-ALIAS = "champion"
 PARAM_LIMIT = 6000  # characters of an MLflow param value (mlflow.utils.validation)
 SPLITS = ("train", "test", "oot")
-MAX_RETRIES, REQUEST_TIMEOUT = 2, 30  # seconds; MLflow's defaults wait minutes for a dead server
+# retries and seconds of an HTTP call: MLflow's defaults (7, 120) wait minutes on a dead server
+MAX_RETRIES, REQUEST_TIMEOUT = 2, 30
 VERSION_TAG = "vintage.model_version"
 
 
@@ -155,6 +155,7 @@ class Tracker:
                 for name, data in files.items():
                     (Path(folder) / name).write_bytes(data)
                 self.client.log_artifacts(run_id, folder, "model")
+            # a Dataset becomes the client's DatasetInput as mlflow.log_input makes it
             self.client.log_inputs(run_id, datasets=[DatasetInput(
                 MetaDataset(DeltaDatasetSource(path=item.uri, delta_table_version=item.version),
                             name=item.name)._to_mlflow_entity(),
@@ -187,9 +188,9 @@ class Tracker:
                   "vintage.trained_month": f"{record.trained_month:%Y-%m}"})
         return version.version
 
-    def set_champion(self, model_version: str) -> str:
-        """Point the alias `champion` at the newest MLflow version of the platform's
-        `model_version`; says what it did (nothing when the champion was trained before
+    def set_alias(self, alias: str, model_version: str) -> str:
+        """Point `alias` (the champion's) at the newest MLflow version of the platform's
+        `model_version`; says what it did (nothing when that version was trained before
         tracking was on)."""
         name = self.config.registered_model
         found = self.client.search_model_versions(
@@ -197,8 +198,8 @@ class Tracker:
         if not found:
             return f"{model_version} has no version in {name} (trained before tracking was on)"
         newest = max(found, key=lambda v: int(v.version))
-        self.client.set_registered_model_alias(name, ALIAS, newest.version)
-        return f"{name} version {newest.version} ({model_version}) has the alias {ALIAS}"
+        self.client.set_registered_model_alias(name, alias, newest.version)
+        return f"{name} version {newest.version} ({model_version}) has the alias {alias}"
 
 
 def tracked(config: TrackingConfig, action: Callable[[Tracker], str],

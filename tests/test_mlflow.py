@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from ml_assets.assets.models import (
+    ALIAS,
     AliasRecord,
     ModelRecord,
     current_champion,
@@ -37,7 +38,7 @@ from ml_assets.modeling import load_model
 from ml_assets.partitions import upstream_months
 from ml_assets.settings import SettingsError
 from ml_assets.tables import FEATURE_STORE, LABEL_STORE, MODEL_ALIASES, MODEL_REGISTRY, TRAINING_SET
-from ml_assets.tracking import ALIAS, VERSION_TAG, run_params
+from ml_assets.tracking import VERSION_TAG, run_params
 from tests.test_models_delta import Warehouse, one_thread_models_file, succeeded
 
 pytestmark = pytest.mark.xdist_group("mlflow")

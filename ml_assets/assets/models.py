@@ -665,7 +665,7 @@ def track_champion(step: Step, aliases_version: int) -> dict:
         champion = current_champion(step.lake, aliases_version)
         if champion is None or champion.model_version is None:
             return "no approved champion yet: the alias is left as it is"
-        return tracker.set_champion(champion.model_version)
+        return tracker.set_alias(ALIAS, champion.model_version)
 
     return tracked(step.models.tracking, move, _warn(step))
 
