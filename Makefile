@@ -25,8 +25,9 @@ env: $(BIN)/vintage
 	$(PYTHON) -m venv .bootstrap
 	PIP_DISABLE_PIP_VERSION_CHECK=1 .bootstrap/bin/pip install --quiet uv
 
+# with the optional extra mlflow (MLflow tracking, README), so that its tests run here and in CI
 $(BIN)/vintage: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --extra mlflow --python $(PYTHON)
 	touch $@
 
 demo: env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
@@ -53,6 +54,21 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """`mlflow:` of config/models.yaml: where every candidate is logged as an MLflow run
+    (ml_assets.tracking). No `tracking_uri` (the default): nothing is logged and mlflow is
+    never imported."""
+
+    tracking_uri: str | None = None  # e.g. http://127.0.0.1:5000, sqlite:///mlflow.db
+    experiment: str = "vintage"  # the MLflow experiment of the runs
+    registered_model: str = "vintage-pd"  # every candidate a version; alias champion
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tracking_uri)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     window_months: int
     min_labelled_months: int
@@ -76,6 +92,7 @@ class ModelConfig:
     woe_max_bins: int = 10
     woe_min_bin_size: float = 0.05
     iv_bounds: tuple[float, float, float, float] = (0.02, 0.1, 0.3, 0.5)
+    tracking: TrackingConfig = TrackingConfig()
 
     def describe(self, feature: str) -> str:
         """A feature's readable description (`reason_descriptions`), else its name."""
@@ -104,12 +121,30 @@ def _features(raw: dict, where: str) -> FeatureList:
     return FeatureList(tuple(raw.get("numeric") or ()), tuple(raw.get("categorical") or ()))
 
 
+def _tracking(raw, where: str) -> TrackingConfig:
+    """`mlflow:` (tracking_uri, experiment, registered_model); VINTAGE_MLFLOW_TRACKING_URI
+    overrides `tracking_uri`. A tracking URI with MLflow not installed is refused here, naming
+    the extra, rather than when the first candidate is logged."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{where}: give tracking_uri, experiment, registered_model")
+    config = TrackingConfig(
+        tracking_uri=os.environ.get("VINTAGE_MLFLOW_TRACKING_URI") or raw.get("tracking_uri"),
+        experiment=str(raw.get("experiment") or TrackingConfig.experiment),
+        registered_model=str(raw.get("registered_model") or TrackingConfig.registered_model))
+    if config.enabled and importlib.util.find_spec("mlflow") is None:
+        raise SettingsError(f"{where}.tracking_uri is {config.tracking_uri!r} but MLflow is not "
+                            "installed: install the extra mlflow (`uv sync --extra mlflow`, or "
+                            "`pip install 'vintage-ml[mlflow]'`), or unset tracking_uri")
+    return config
+
+
 def load_model_config(path: Path | None = None) -> ModelConfig:
     """The model configuration of `path` (default: VINTAGE_MODELS, else config/models.yaml),
     read when called (the code location reads it once, in `load_build`). Raises SettingsError
     for an unknown algorithm or calibration, a bad model name, no models, a share or count out
-    of range, a missing or unordered rating scale, an unknown cut-off mode, or IV bands out of
-    order."""
+    of range, a missing or unordered rating scale, an unknown cut-off mode, IV bands out of
+    order, or an MLflow tracking URI without MLflow installed."""
     path = Path(path or os.environ.get("VINTAGE_MODELS") or CONFIG_DIR / "models.yaml")
     raw = read_yaml(path, f"{path} not found (set by VINTAGE_MODELS, or the project's config "
                           "folder)")
@@ -155,6 +190,7 @@ def load_model_config(path: Path | None = None) -> ModelConfig:
             ("iv_weak", 0.02), ("iv_medium", 0.1), ("iv_strong", 0.3), ("iv_suspicious", 0.5))),
         reason_descriptions=tuple((str(k), str(v)) for k, v in
                                   (raw.get("reason_descriptions") or {}).items()),
+        tracking=_tracking(raw.get("mlflow"), f"{path}: mlflow"),
     )
     if config.cutoff_mode not in CUTOFF_MODES:
         raise SettingsError(f"{path}: predictions.cutoff_mode must be one of {CUTOFF_MODES}")

@@ -44,9 +44,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_mo
 
 from ml_assets.assets.gold import application_features
 from ml_assets.assets.models import (
-    ALIAS,
     MISSING_SOURCES_SQL,
     coverage_verdict,
+    current_champion,
     month_cutoff,
     reference_of,
     score_applications,
@@ -199,15 +199,12 @@ def load_state(build: Build, lake: Lake, store: ModelStore,
     if versions[MODEL_ALIASES.qualified_name] is None:
         raise ServiceError("no champion yet: ml.model_aliases is empty (run the pipeline "
                            "through the champion gate first)")
+    champion = current_champion(lake, versions[MODEL_ALIASES.qualified_name])
+    if champion is None or champion.model_version is None:
+        raise ServiceError("no approved champion in the latest month of ml.model_aliases")
+    month, name, version, trained = (champion.month, champion.model_name,
+                                     champion.model_version, champion.trained_month)
     with duckdb.connect() as con:
-        lake.read(con, "model_aliases", MODEL_ALIASES, None,
-                  versions[MODEL_ALIASES.qualified_name])
-        found = con.execute(
-            "SELECT month, model_name, model_version, trained_month FROM model_aliases "
-            "WHERE alias = $alias ORDER BY month DESC LIMIT 1", {"alias": ALIAS}).fetchall()
-        if not found or found[0][2] is None:
-            raise ServiceError("no approved champion in the latest month of ml.model_aliases")
-        month, name, version, trained = found[0]
         lake.read(con, "ml_score_reference", SCORE_REFERENCE, [trained],
                   versions[SCORE_REFERENCE.qualified_name])
         reference = reference_of(con, version)

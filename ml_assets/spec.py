@@ -155,6 +155,10 @@ class Step:
     result_metadata: dict[str, object] = field(default_factory=dict)  # of the whole step
     read_versions: dict[str, int] = field(default_factory=dict)
     run_config: Mapping[str, object] = field(default_factory=dict)  # spec.config_schema's
+    # called once the step's tables are published, with {table: its new Delta version}: what
+    # goes to another system after the lake (MLflow); each returns metadata for the spec's table
+    after_publish: list[Callable[[Mapping[str, int]], Mapping[str, object]]] = field(
+        default_factory=list)
 
     @property
     def config(self) -> Settings:
@@ -334,6 +338,8 @@ def table_asset(spec: TableSpec, build: Build) -> dg.AssetsDefinition:
             raise
         versions = {t.qualified_name: publications[t].version for t in spec.tables}
         lake.refresh_catalog(build.tables, changed=spec.tables)
+        for follow_up in step.after_publish:
+            step.result_metadata.update(follow_up(versions))
         cost = _cost(started, peak_reset, step.rows_in,
                      sum(sum(p.counts.values()) for p in publications.values()))
         yield from evaluations + step.evaluations

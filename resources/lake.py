@@ -387,9 +387,10 @@ class Lake(dg.ConfigurableResource):
                 return action["commitInfo"]
         return {}
 
-    def month_rows(self, table: Table, month: date) -> int:
-        """Rows of a published month, from the Delta log's file statistics."""
-        delta = self.delta(table)
+    def month_rows(self, table: Table, month: date, version: int | None = None) -> int:
+        """Rows of a published month at `version` (default: the current one), from the Delta
+        log's file statistics."""
+        delta = self.delta(table, version)
         return 0 if delta is None else _rows_by_month(delta).get(month, 0)
 
     def read(self, con: duckdb.DuckDBPyConnection, view: str, table: Table,

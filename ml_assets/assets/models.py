@@ -78,6 +78,7 @@ from ml_assets.tables import (
     SWAP_SETS,
     TRAINING_SET,
 )
+from ml_assets.tracking import InputDataset, tracked
 from resources.lake import MONTHS_KEY, Lake, LakeError, Table
 from resources.model_store import ModelStore, code_version
 from resources.storage import FileStore
@@ -516,6 +517,39 @@ def _registry_metadata(candidates: Sequence[Candidate], reports: FileStore) -> d
     return metadata
 
 
+def training_inputs(step: Step, record: ModelRecord) -> list[InputDataset]:
+    """The Delta tables candidate `record` was trained from, at the versions its record names
+    (`input_versions`): its training set month, and the label and feature store months that
+    month was built from (the training partition mappings), with their rows at those versions
+    (the Delta log's statistics)."""
+    versions = json.loads(record.input_versions)
+    read = ((TRAINING_SET, None), (LABEL_STORE, step.rules.training_labels),
+            (FEATURE_STORE, step.rules.training_features))
+    return [InputDataset(
+        table.qualified_name, step.lake.table_uri(table), versions[table.qualified_name],
+        sum(step.lake.month_rows(table, month, versions[table.qualified_name]) for month in
+            upstream_months(mapping, [record.trained_month], step.partitions)))
+        for table, mapping in read]
+
+
+def _warn(step: Step):
+    return step.context.log.warning if step.context else None
+
+
+def track_candidates(step: Step, records: Sequence[ModelRecord]) -> dict:
+    """Log the step's published candidates to MLflow (ml_assets.tracking): a run each, with
+    the model store's artifacts and the training inputs; the asset's `mlflow` metadata."""
+    store: ModelStore = step.resources["model_store"]
+
+    def log(tracker) -> str:
+        return "; ".join(
+            f"{r.model_version} run " + tracker.log_candidate(
+                r, store.files(r.model_name, r.model_version), training_inputs(step, r))
+            for r in records)
+
+    return tracked(step.models.tracking, log, _warn(step))
+
+
 def registry_compute(step: Step) -> dict[Table, str]:
     """ml.model_registry and ml.score_reference: every candidate of config/models.yaml trained
     on each month's training set, its artifacts saved in the model store; one registry record
@@ -541,6 +575,8 @@ def registry_compute(step: Step) -> dict[Table, str]:
         step.metadata(month, _registry_metadata(candidates, report_store(step.lake)))
         records += [c.record for c in candidates]
         references += [c.reference for c in candidates]
+    if step.models.tracking.enabled and records:
+        step.after_publish.append(lambda _versions: track_candidates(step, records))
     step.con.register("registry_rows", records_table(ModelRecord, records))
     step.con.register("reference_rows", pa.concat_tables(references) if references
                       else arrow_schema(ReferenceScore).empty_table())
@@ -612,6 +648,31 @@ def _published_alias(step: Step) -> AliasRecord | None:
     found = read_records(step.con, "SELECT * FROM previous_aliases WHERE alias = $alias",
                          AliasRecord, {"alias": ALIAS})
     return found[0] if found else None
+
+
+def current_champion(lake: Lake, version: int | None = None) -> AliasRecord | None:
+    """The decision of the latest month of ml.model_aliases at `version` (default: the
+    current one), whose model_version is the platform's current approved champion; None
+    before the gate's first month."""
+    if lake.version(MODEL_ALIASES) is None:
+        return None
+    with duckdb.connect() as con:
+        lake.read(con, "model_aliases", MODEL_ALIASES, None, version)
+        found = read_records(con, "SELECT * FROM model_aliases WHERE alias = $alias "
+                             "ORDER BY month DESC LIMIT 1", AliasRecord, {"alias": ALIAS})
+    return found[0] if found else None
+
+
+def track_champion(step: Step, aliases_version: int) -> dict:
+    """Move MLflow's alias champion to the platform's current champion, as the gate just
+    published it (ml.model_aliases at `aliases_version`); the asset's `mlflow` metadata."""
+    def move(tracker) -> str:
+        champion = current_champion(step.lake, aliases_version)
+        if champion is None or champion.model_version is None:
+            return "no approved champion yet: the alias is left as it is"
+        return tracker.set_alias(ALIAS, champion.model_version)
+
+    return tracked(step.models.tracking, move, _warn(step))
 
 
 def approvals_compute(step: Step) -> dict[Table, str]:
@@ -722,6 +783,9 @@ def aliases_compute(step: Step) -> dict[Table, str]:
         decisions.append(row)
         swaps += month_swaps
         previous = row
+    if step.models.tracking.enabled:
+        step.after_publish.append(lambda versions: track_champion(
+            step, versions[MODEL_ALIASES.qualified_name]))
     step.con.register("alias_rows", records_table(AliasRecord, decisions))
     step.con.register("swap_rows", records_table(SwapSetRecord, swaps))
     return {MODEL_ALIASES: "SELECT * FROM alias_rows", SWAP_SETS: "SELECT * FROM swap_rows"}
