@@ -87,7 +87,7 @@ class SwapSetRecord:
     new_cutoff: float  # the new model declines a score >= new_cutoff
     old_cutoff: float  # the champion declines a score >= old_cutoff
     loans: int
-    share: float  # of the month's out-of-time loans
+    loan_share: float  # of the month's out-of-time loans
     bads: int  # loans that defaulted (label 1)
     bad_rate: float | None  # bads / loans; None without loans
     mean_new_score: float | None
@@ -224,7 +224,7 @@ def swap_sets(month: date, new_version: str, old_version: str, status: str | Non
             month=month, swap=kind, new_version=new_version, old_version=old_version,
             status=status, oot_month=oot_month, cutoff_mode=mode, new_cutoff=new_cutoff,
             old_cutoff=old_cutoff, loans=loans,
-            share=loans / total if total else 0.0, bads=int(labels[mask].sum()),
+            loan_share=loans / total if total else 0.0, bads=int(labels[mask].sum()),
             bad_rate=float(labels[mask].mean()) if loans else None,
             mean_new_score=float(new_scores[mask].mean()) if loans else None,
             mean_old_score=float(old_scores[mask].mean()) if loans else None))

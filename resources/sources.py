@@ -196,7 +196,8 @@ def _zip_member(archive: zipfile.ZipFile, file: Path) -> str:
 def _config_hint(name: str, setting: str) -> str:
     from ml_assets.settings import contracts_file
 
-    return f"set `{setting}` for {name} in {contracts_file()}"
+    copy = "" if os.environ.get("VINTAGE_CONTRACTS") else " (or a copy VINTAGE_CONTRACTS names)"
+    return f"set `{setting}` for {name} in {contracts_file()}{copy}"
 
 
 def _check_names(names: list[str], file: Path) -> None:

@@ -173,7 +173,7 @@ def test_swap_sets_match_a_recomputation():
         assert records[kind].loans == len(group)
         assert records[kind].bads == group["label"].sum()
         assert records[kind].bad_rate == pytest.approx(group["label"].mean())
-        assert records[kind].share == pytest.approx(len(group) / 200)
+        assert records[kind].loan_share == pytest.approx(len(group) / 200)
     # a kind without loans: counted as none, no bad rate
     empty = {r.swap: r for r in swap_sets(MONTH, "n", "o", None, MONTH, [1, 0], [0.1, 0.2],
                                           [0.1, 0.2], "pd", 0.5)}

@@ -746,9 +746,9 @@ def _gate_metadata(row: AliasRecord, swaps: Sequence[SwapSetRecord]) -> dict:
             f"{folder_label(swaps[0].oot_month)}, cut-off mode {swaps[0].cutoff_mode}: "
             f"{swaps[0].new_version} declines at {swaps[0].new_cutoff:.4f}, "
             f"{swaps[0].old_version} at {swaps[0].old_cutoff:.4f}\n\n"
-            + markdown_table(["swap", "loans", "share", "bads", "bad_rate", "mean_new_score",
+            + markdown_table(["swap", "loans", "loan_share", "bads", "bad_rate", "mean_new_score",
                               "mean_old_score"],
-                             [[s.swap, s.loans, s.share, s.bads, s.bad_rate, s.mean_new_score,
+                             [[s.swap, s.loans, s.loan_share, s.bads, s.bad_rate, s.mean_new_score,
                                s.mean_old_score] for s in swaps]))
     return metadata
 
