@@ -7,9 +7,10 @@ gold.predictions scores it, with Prometheus metrics.
   out-of-time reference (`month_cutoff`, predictions.cutoff_mode).
 - An application is a loan of gold.feature_store (`{"loan_id": ...}`), or its raw fields in
   the course layout (the lms row of its start, attributes, financials, clickstream snapshots),
-  which go through the batch pipeline's own SQL: sql/silver/*.sql (`silver.clean`) and
-  sql/gold/feature_store.sql (`gold.application_features`), in an in-memory DuckDB
-  (ml_assets.transform). Grade, decision and reason codes come from `score_applications`.
+  which go through the batch pipeline's own SQL: sql/silver/*.sql (`silver.cleaning_query`)
+  and sql/gold/feature_store.sql, prepared once in each of a pool of in-memory DuckDB
+  connections (`ApplicationSQL`, `SQLPool`). Grade, decision and reason codes come from
+  `score_applications`.
 - Every `serve.reload_seconds` the service compares the Delta versions of the tables it read
   with the lake's; a changed one is loaded beside the old state, which is then swapped in (one
   reference assignment): a request in flight finishes with the state it started with.
@@ -51,7 +52,12 @@ from ml_assets.assets.models import (
     reference_of,
     score_applications,
 )
-from ml_assets.assets.silver import cleaning_query, kept_rows, rejected_rows, rule_hits_query
+from ml_assets.assets.silver import (
+    KEPT_COLUMNS,
+    cleaning_query,
+    kept_rows,
+    rule_hits_expression,
+)
 from ml_assets.contracts import SourceContract, contracts
 from ml_assets.modeling import Model
 from ml_assets.partitions import window_pairs
@@ -362,6 +368,8 @@ class ApplicationSQL:
         con.execute("PRAGMA disable_optimizer").fetchall()
         con.execute("SET threads = 1").fetchall()  # one row per table: no work to share
         self.inserts: dict[str, str] = {}
+        statements = {}  # every table and view first: DDL after a PREPARE plans it every time
+        problems = []
         for block, (raw_table, silver_table) in RAW_BLOCKS.items():
             staged, cleaned = f"request_{block}", f"cleaned_{block}"
             columns = ", ".join(f'"{name}" {kind}'
@@ -372,18 +380,26 @@ class ApplicationSQL:
             query = cleaning_query(silver_table, f"(SELECT *, date_trunc('month', "
                                    f"parse_source_date(snapshot_date))::DATE AS _snapshot_month "
                                    f"FROM {staged})")
+            # kept: the silver columns, the reject reason and the out-of-range hits (storing
+            # the rule structs costs more than the cleaning)
+            con.execute(f"CREATE TEMP VIEW {cleaned}_rules AS {query}")
+            hits = rule_hits_expression(con, OUT_OF_RANGE_RULES, f"{cleaned}_rules")
+            con.execute(f"DROP VIEW {cleaned}_rules")
+            query = (f"SELECT {KEPT_COLUMNS}, _row_number, _reject_reason, {hits} AS _hits "
+                     f"FROM ({query})")
             con.execute(f"CREATE TEMP TABLE {cleaned} AS {query} LIMIT 0")
             con.execute(f"CREATE TEMP VIEW silver_{silver_table.name} AS {kept_rows(cleaned)}")
-            con.execute(f"PREPARE clean_{block} AS INSERT INTO {cleaned} {query}")
-            con.execute(f"PREPARE rejected_{block} AS SELECT _row_number, reason "
-                        f"FROM ({rejected_rows(cleaned)}) ORDER BY ALL")
-            con.execute(f"PREPARE hits_{block} AS "
-                        f"{rule_hits_query(con, OUT_OF_RANGE_RULES, cleaned)} ORDER BY ALL")
+            statements[f"clean_{block}"] = f"INSERT INTO {cleaned} {query}"
+            problems.append(f"SELECT '{block}' AS block, _row_number, _reject_reason, _hits "
+                            f"FROM {cleaned} WHERE _reject_reason IS NOT NULL OR len(_hits) > 0")
         con.execute("CREATE TEMP TABLE clickstream_window (month DATE, upstream_month DATE)")
-        con.execute("PREPARE application_months AS SELECT DISTINCT date_trunc('month', "
-                    "loan_start_date)::DATE FROM silver_loan_daily")
-        con.execute(f"PREPARE features AS SELECT *, {MISSING_SOURCES_SQL} "
-                    f"FROM ({sql_text('gold/feature_store')})")
+        statements |= {
+            "problems": " UNION ALL ".join(problems) + " ORDER BY ALL",
+            "application_months": "SELECT DISTINCT date_trunc('month', loan_start_date)::DATE "
+                                  "FROM silver_loan_daily",
+            "features": f"SELECT *, {MISSING_SOURCES_SQL} FROM ({sql_text('gold/feature_store')})"}
+        for name, statement in statements.items():
+            con.execute(f"PREPARE {name} AS {statement}")
 
     def features(self, rows: Mapping[str, list[dict]]
                  ) -> tuple[pd.DataFrame, dict[str, list[tuple]], dict[str, list[tuple]]]:
@@ -393,7 +409,8 @@ class ApplicationSQL:
         cleaning rejects and the (_row_number, [`rule.column`, ...]) of the kept rows a rule
         among OUT_OF_RANGE_RULES changed; _row_number counts a block's rows from 1."""
         con = self.con
-        rejected, hits = {}, {}
+        rejected: dict[str, list[tuple]] = {block: [] for block in RAW_BLOCKS}
+        hits: dict[str, list[tuple]] = {block: [] for block in RAW_BLOCKS}
         con.execute("BEGIN")
         try:
             for block, (raw_table, _) in RAW_BLOCKS.items():
@@ -401,14 +418,18 @@ class ApplicationSQL:
                 if records:
                     con.execute(self.inserts[block], {"rows": records})
                 con.execute(f"EXECUTE clean_{block}").fetchall()
-                rejected[block] = con.execute(f"EXECUTE rejected_{block}").fetchall()
-                hits[block] = con.execute(f"EXECUTE hits_{block}").fetchall()
+            for block, number, reason, rules in con.execute("EXECUTE problems").fetchall():
+                if reason is not None:
+                    rejected[block].append((number, reason))
+                elif rules:
+                    hits[block].append((number, rules))
             months = [row[0] for row in con.execute("EXECUTE application_months").fetchall()]
             window = window_pairs(self.build.rules.clickstream, months, self.build.partitions)
             if window.num_rows:
                 con.execute("INSERT INTO clickstream_window SELECT unnest($pairs, "
                             "recursive := true)", {"pairs": window.to_pylist()})
-            frame = con.execute("EXECUTE features").df(date_as_object=True)
+            # through Arrow: DuckDB's own DataFrame conversion costs more than the query
+            frame = con.sql("EXECUTE features").to_arrow_table().to_pandas()
         finally:
             con.execute("ROLLBACK")
         return frame, rejected, hits
@@ -421,7 +442,7 @@ class SQLPool:
     def __init__(self, build: Build, size: int):
         self.build, self.size = build, size
         self._idle: queue.LifoQueue[ApplicationSQL] = queue.LifoQueue()
-        self._opened = 0
+        self.opened = 0  # connections opened so far
         self._lock = threading.Lock()
 
     @contextmanager
@@ -430,8 +451,8 @@ class SQLPool:
             sql = self._idle.get_nowait()
         except queue.Empty:
             with self._lock:
-                opening = self._opened < self.size
-                self._opened += opening
+                opening = self.opened < self.size
+                self.opened += opening
             if not opening:
                 sql = self._idle.get()
             else:
@@ -439,7 +460,7 @@ class SQLPool:
                     sql = ApplicationSQL(self.build)
                 except Exception:
                     with self._lock:
-                        self._opened -= 1
+                        self.opened -= 1
                     raise
         try:
             yield sql

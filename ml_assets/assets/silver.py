@@ -32,14 +32,11 @@ def kept_rows(result: str = RESULT) -> str:
     return f"SELECT {KEPT_COLUMNS} FROM {result} WHERE _reject_reason IS NULL"
 
 
-def rejected_rows(result: str = RESULT) -> str:
-    """The query of the quarantined rows of a cleaned `result`, with their reason."""
-    return (f"SELECT _snapshot_month, _source_file, _row_number, _reject_reason AS reason "
-            f"FROM {result} WHERE _reject_reason IS NOT NULL")
-
-
 KEPT_ROWS = kept_rows()
-REJECTED_ROWS = rejected_rows()
+REJECTED_ROWS = (
+    f"SELECT _snapshot_month, _source_file, _row_number, _reject_reason AS reason "
+    f"FROM {RESULT} WHERE _reject_reason IS NOT NULL"
+)
 # each silver table and the raw table it cleans
 RAW_OF = {"loan_daily": "lms_loan_daily", "clickstream": "feature_clickstream",
           "attributes": "features_attributes", "financials": "features_financials"}
@@ -74,21 +71,14 @@ def rule_counts(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
             for row in rows}
 
 
-def rule_hits_query(con: duckdb.DuckDBPyConnection, rules: Sequence[str],
-                    result: str = RESULT) -> str:
-    """The query of (_row_number, hits) of the kept rows of `result` that a cleaning rule among
-    `rules` (rule names, e.g. out_of_range) changed: hits lists each such `rule.column`."""
-    chosen = [(rule, sql) for rule, sql in cleaning_rules(con, result)
-              if rule.split(".")[0] in rules]
-    hits = ", ".join(f"CASE WHEN {sql} THEN '{rule}' END" for rule, sql in chosen)
-    return (f"SELECT _row_number, list_filter([{hits}]::VARCHAR[], lambda r: r IS NOT NULL) "
-            f"AS hits FROM {result} WHERE _reject_reason IS NULL AND len(hits) > 0")
-
-
-def rule_hits(con: duckdb.DuckDBPyConnection, rules: Sequence[str]) -> dict[int, list[str]]:
-    """Per kept row of RESULT (its _row_number), the `rule.column` of each cleaning rule among
-    `rules` that changed one of its values (rule_hits_query); rows without any left out."""
-    return dict(con.execute(rule_hits_query(con, rules)).fetchall())
+def rule_hits_expression(con: duckdb.DuckDBPyConnection, rules: Sequence[str],
+                         result: str = RESULT) -> str:
+    """The SQL expression, over a row of `result`, of the list of each `rule.column` whose
+    cleaning rule is among `rules` (rule names, e.g. out_of_range) and changed the row's value
+    (VARCHAR[], empty when none did)."""
+    hits = ", ".join(f"CASE WHEN {sql} THEN '{rule}' END"
+                     for rule, sql in cleaning_rules(con, result) if rule.split(".")[0] in rules)
+    return f"list_filter([{hits}]::VARCHAR[], lambda r: r IS NOT NULL)"
 
 
 def duplicate_keys(con: duckdb.DuckDBPyConnection, table: Table) -> list[tuple]:
