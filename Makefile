@@ -48,8 +48,8 @@ lint: env
 dev: env
 	$(BIN)/vintage ui --host $(HOST) --port $(PORT)
 
-# make serve [SERVE_PORT=8000]: the scoring service over the warehouse (README, Serving)
-SERVE_PORT ?= 8000
+# make serve [SERVE_PORT=8080]: the scoring service over the warehouse (README, Serving)
+SERVE_PORT ?= 8080
 serve: env
 	$(BIN)/vintage serve --host $(HOST) --port $(SERVE_PORT)
 

@@ -355,7 +355,7 @@ def _analytics(raw: dict) -> AnalyticsSettings:
 
 
 def _serve(raw: dict) -> ServeSettings:
-    port = raw.get("port", 8000)
+    port = raw.get("port", 8080)
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise SettingsError(f"serve.port: expected a port from 1 to 65535, got {port!r}")
     reload_seconds = raw.get("reload_seconds", 10)
