@@ -357,17 +357,17 @@ class ApplicationSQL:
     expressions), hence PREPARE once and EXECUTE per request. DuckDB 2.0 keeps the plan of a
     prepared statement only when the optimizer is off (with it on, every EXECUTE plans again),
     so the connection runs without it; its rewrites change no result (tests/test_serve.py
-    compares the PDs with gold.predictions'). A request's rows live in one transaction that is
-    rolled back: the staging tables are empty again after it, and the catalog never changes
-    (a change would make DuckDB plan every statement again). Not safe for concurrent use: one
-    request at a time (`SQLPool`)."""
+    compares the PDs with gold.predictions'). A request's rows are appended to the staging
+    tables (DuckDB appenders: no statement to plan) in one transaction that is rolled back: the
+    staging tables are empty again after it, and the catalog never changes (a change would make
+    DuckDB plan every statement again). Not safe for concurrent use: one request at a time
+    (`SQLPool`)."""
 
     def __init__(self, build: Build):
         self.build = build
         self.con = con = transform_connection()
         con.execute("PRAGMA disable_optimizer").fetchall()
         con.execute("SET threads = 1").fetchall()  # one row per table: no work to share
-        self.inserts: dict[str, str] = {}
         statements = {}  # every table and view first: DDL after a PREPARE plans it every time
         problems = []
         for block, (raw_table, silver_table) in RAW_BLOCKS.items():
@@ -375,8 +375,6 @@ class ApplicationSQL:
             columns = ", ".join(f'"{name}" {kind}'
                                 for name, kind in raw_columns(raw_table.name).items())
             con.execute(f"CREATE TEMP TABLE {staged} ({columns})")
-            self.inserts[block] = (f"INSERT INTO {staged} SELECT unnest($rows::STRUCT("
-                                   f"{columns})[], recursive := true)")
             query = cleaning_query(silver_table, f"(SELECT *, date_trunc('month', "
                                    f"parse_source_date(snapshot_date))::DATE AS _snapshot_month "
                                    f"FROM {staged})")
@@ -400,6 +398,8 @@ class ApplicationSQL:
             "features": f"SELECT *, {MISSING_SOURCES_SQL} FROM ({sql_text('gold/feature_store')})"}
         for name, statement in statements.items():
             con.execute(f"PREPARE {name} AS {statement}")
+        # appenders: a request's rows reach the staging tables without a statement to plan
+        self.appenders = {block: con.appender(f"request_{block}") for block in RAW_BLOCKS}
 
     def features(self, rows: Mapping[str, list[dict]]
                  ) -> tuple[pd.DataFrame, dict[str, list[tuple]], dict[str, list[tuple]]]:
@@ -414,9 +414,10 @@ class ApplicationSQL:
         con.execute("BEGIN")
         try:
             for block, (raw_table, _) in RAW_BLOCKS.items():
-                records = raw_records(rows.get(block, []), raw_table.name)
-                if records:
-                    con.execute(self.inserts[block], {"rows": records})
+                values = raw_values(rows.get(block, []), raw_table.name)
+                if values:
+                    self.appenders[block].append_rows(values)
+                    self.appenders[block].flush()
                 con.execute(f"EXECUTE clean_{block}").fetchall()
             for block, number, reason, rules in con.execute("EXECUTE problems").fetchall():
                 if reason is not None:
@@ -431,6 +432,8 @@ class ApplicationSQL:
             # through Arrow: DuckDB's own DataFrame conversion costs more than the query
             frame = con.sql("EXECUTE features").to_arrow_table().to_pandas()
         finally:
+            for appender in self.appenders.values():
+                appender.clear()  # rows a failed append left behind are not the next request's
             con.execute("ROLLBACK")
         return frame, rejected, hits
 
@@ -704,12 +707,13 @@ def raw_columns(source: str) -> dict[str, str]:
     return {**{column.name: "VARCHAR" for column in contracts()[source].columns}, **RAW_LINEAGE}
 
 
-def raw_records(rows: list[dict], source: str) -> list[dict]:
-    """Request rows as the raw table of `source` holds them (`raw_columns`): values as the text
-    a CSV cell holds, _row_number counting from 1, _source_file "request"."""
+def raw_values(rows: list[dict], source: str) -> list[tuple]:
+    """Request rows as the raw table of `source` holds them, in the order of `raw_columns`:
+    values as the text a CSV cell holds, _row_number counting from 1, _source_file
+    "request"."""
     columns = [name for name in raw_columns(source) if name not in RAW_LINEAGE]
-    return [{**{name: _text(row.get(name)) for name in columns}, "_row_number": number,
-             "_source_file": "request"} for number, row in enumerate(rows, 1)]
+    return [(*(_text(row.get(name)) for name in columns), number, "request")
+            for number, row in enumerate(rows, 1)]
 
 
 def _text(value: RawValue) -> str | None:
