@@ -367,7 +367,7 @@ class ApplicationSQL:
         self.build = build
         self.con = con = transform_connection()
         con.execute("PRAGMA disable_optimizer").fetchall()
-        con.execute("SET threads = 1").fetchall()  # one row per table: no work to share
+        con.execute("SET threads = 1").fetchall()  # a few rows per table: no work to share
         statements = {}  # every table and view first: DDL after a PREPARE plans it every time
         problems = []
         for block, (raw_table, silver_table) in RAW_BLOCKS.items():

@@ -321,6 +321,16 @@ def test_live_psi_and_shares_match_a_recomputation(warehouse):
 # -- reload ----------------------------------------------------------------------------------
 
 
+def publish_champion(warehouse: Warehouse, month: date, as_of: date) -> None:
+    """Publish ml.model_aliases' `month` with the champion of month `as_of` (a gate decision
+    naming an earlier champion again)."""
+    lake = warehouse.lake()
+    with duckdb.connect() as con:
+        lake.read(con, "aliases", MODEL_ALIASES, None)
+        lake.publish(con, MODEL_ALIASES, f"SELECT * REPLACE (DATE '{month}' AS month) "
+                     f"FROM aliases WHERE month = DATE '{as_of}'", [month])
+
+
 def test_a_new_champion_is_swapped_in_without_a_failed_request(warehouse, tmp_path):
     """The gate publishes a month whose champion is lightgbm-2024-01 while requests run: every
     request succeeds, and the service then scores as gold.predictions did with that model."""
@@ -337,11 +347,7 @@ def test_a_new_champion_is_swapped_in_without_a_failed_request(warehouse, tmp_pa
         worker = threading.Thread(target=hammer, args=(fresh,))
         worker.start()
         time.sleep(0.3)
-        lake = copy.lake()
-        with duckdb.connect() as con:
-            lake.read(con, "aliases", MODEL_ALIASES, None)
-            lake.publish(con, MODEL_ALIASES, "SELECT * REPLACE (DATE '2024-03-01' AS month) "
-                         "FROM aliases WHERE month = DATE '2024-01-01'", [date(2024, 3, 1)])
+        publish_champion(copy, date(2024, 3, 1), date(2024, 1, 1))
         assert service.refresh()
         assert not service.refresh()  # nothing new since
         time.sleep(0.3)
@@ -355,16 +361,6 @@ def test_a_new_champion_is_swapped_in_without_a_failed_request(warehouse, tmp_pa
             answer = fresh.post("/v1/score", json={"loan_id": row["loan_id"]}).json()
             assert answer["pd"] == pytest.approx(row["score"], abs=1e-9)
             assert answer["decision"] == row["decision"]
-
-
-def publish_champion(warehouse: Warehouse, month: date, as_of: date) -> None:
-    """Publish ml.model_aliases' `month` with the champion of month `as_of` (a gate decision
-    naming an earlier champion again)."""
-    lake = warehouse.lake()
-    with duckdb.connect() as con:
-        lake.read(con, "aliases", MODEL_ALIASES, None)
-        lake.publish(con, MODEL_ALIASES, f"SELECT * REPLACE (DATE '{month}' AS month) "
-                     f"FROM aliases WHERE month = DATE '{as_of}'", [month])
 
 
 def test_the_reload_timer_swaps_the_champion_while_requests_run(warehouse, tmp_path):
@@ -431,11 +427,7 @@ def test_refresh_keeps_scoring_when_the_new_state_cannot_load(warehouse, tmp_pat
     copy = warehouse.copy(tmp_path)
     service = service_of(copy)
     shutil.rmtree(Path(copy.store().version_uri("lightgbm", "lightgbm-2024-01")))
-    lake = copy.lake()
-    with duckdb.connect() as con:
-        lake.read(con, "aliases", MODEL_ALIASES, None)
-        lake.publish(con, MODEL_ALIASES, "SELECT * REPLACE (DATE '2024-03-01' AS month) "
-                     "FROM aliases WHERE month = DATE '2024-01-01'", [date(2024, 3, 1)])
+    publish_champion(copy, date(2024, 3, 1), date(2024, 1, 1))
     assert not service.refresh()
     assert service.state.model_version == "logistic-2024-02"
     text = TestClient(create_app(service, reload=False)).get("/metrics").text
