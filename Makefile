@@ -54,10 +54,10 @@ dashboard: PORT = 8000
 dashboard: env
 	$(BIN)/vintage dashboard --host $(HOST) --port $(PORT)
 
-# make serve [SERVE_PORT=8000]: the scoring service over the warehouse (README, Serving)
-SERVE_PORT ?= 8000
+# the scoring service (README, Serving) on serve.port of config/vintage.yaml (8080) unless
+# PORT=... is given
 serve: env
-	$(BIN)/vintage serve --host $(HOST) --port $(SERVE_PORT)
+	$(BIN)/vintage serve --host $(HOST) $(if $(filter command line,$(origin PORT)),--port $(PORT))
 
 clean:
 	rm -rf .bootstrap warehouse data/demo .vintage

@@ -138,7 +138,7 @@ def main() -> int:
                     print("vintage serve did not start", file=sys.stderr)
                     return 1
                 time.sleep(0.3)
-        # warm-up: the first requests of each worker thread open its DuckDB connection
+        # warm-up: the first raw requests open the pooled DuckDB connections (the SQL prepared)
         asyncio.run(load(f"{base}/v1/score", bodies, min(50, args.requests), args.concurrency))
         latencies, failures, wall = asyncio.run(
             load(f"{base}/v1/score", bodies, args.requests, args.concurrency))

@@ -837,7 +837,7 @@ def parser() -> argparse.ArgumentParser:
     add_paths(serve, source=False, warehouse=_existing_warehouse)
     serve.add_argument("--host", help="interface to listen on (default serve.host of the "
                                       "settings, 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=_port, help="1-65535 (default serve.port, 8000)")
+    serve.add_argument("--port", type=_port, help="1-65535 (default serve.port, 8080)")
     serve.set_defaults(handler=cmd_serve)
 
     contract = commands.add_parser("contract", help="the data contracts of the sources")

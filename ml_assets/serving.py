@@ -7,20 +7,22 @@ gold.predictions scores it, with Prometheus metrics.
   out-of-time reference (`month_cutoff`, predictions.cutoff_mode).
 - An application is a loan of gold.feature_store (`{"loan_id": ...}`), or its raw fields in
   the course layout (the lms row of its start, attributes, financials, clickstream snapshots),
-  which go through the batch pipeline's own SQL: sql/silver/*.sql (`silver.clean`) and
-  sql/gold/feature_store.sql (`gold.application_features`), in an in-memory DuckDB
-  (ml_assets.transform). Grade, decision and reason codes come from `score_applications`.
+  which go through the batch pipeline's own SQL: sql/silver/*.sql (`silver.cleaning_query`)
+  and sql/gold/feature_store.sql, prepared once in each of a pool of in-memory DuckDB
+  connections (`ApplicationSQL`, `SQLPool`). Grade, decision and reason codes come from
+  `score_applications`.
 - Every `serve.reload_seconds` the service compares the Delta versions of the tables it read
   with the lake's; a changed one is loaded beside the old state, which is then swapped in (one
   reference assignment): a request in flight finishes with the state it started with.
 """
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
@@ -42,7 +44,6 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
-from ml_assets.assets.gold import application_features
 from ml_assets.assets.models import (
     MISSING_SOURCES_SQL,
     coverage_verdict,
@@ -51,10 +52,16 @@ from ml_assets.assets.models import (
     reference_of,
     score_applications,
 )
-from ml_assets.assets.silver import KEPT_ROWS, REJECTED_ROWS, clean, rule_hits
+from ml_assets.assets.silver import (
+    KEPT_COLUMNS,
+    cleaning_query,
+    kept_rows,
+    rule_hits_expression,
+)
 from ml_assets.contracts import SourceContract, contracts
 from ml_assets.modeling import Model
-from ml_assets.spec import RESULT, Build
+from ml_assets.partitions import window_pairs
+from ml_assets.spec import Build
 from ml_assets.tables import (
     FEATURE_STORE,
     MODEL_ALIASES,
@@ -70,7 +77,7 @@ from ml_assets.tables import (
     SOURCE_COVERAGE,
 )
 from ml_assets.transform import run_transform, transform_connection
-from resources.lake import Lake
+from resources.lake import Lake, sql_text
 from resources.model_store import ModelStore
 
 log = logging.getLogger("vintage.serve")
@@ -332,6 +339,135 @@ def score_psi(con: duckdb.DuckDBPyConnection, reference: np.ndarray, scores: np.
     return float(rows[0][4])
 
 
+# -- the batch SQL, prepared once -----------------------------------------------------------
+
+
+class ApplicationSQL:
+    """One in-memory DuckDB connection that turns raw application rows into feature-store rows
+    with the batch pipeline's own SQL, planned once and executed for every request: for each
+    block of an application (`RAW_BLOCKS`) a staging table of its raw table's columns
+    (`request_<block>`) and the prepared cleaning of it (silver `cleaning_query`) into
+    `cleaned_<block>`, whose kept rows are the view `silver_<table>`; then
+    sql/gold/feature_store.sql over those views and the staging table `clickstream_window`.
+
+    Planning is what one application costs (the cleaning macros expand to thousands of
+    expressions), hence PREPARE once and EXECUTE per request. DuckDB 2.0 keeps the plan of a
+    prepared statement only when the optimizer is off (with it on, every EXECUTE plans again),
+    so the connection runs without it; its rewrites change no result (tests/test_serve.py
+    compares the PDs with gold.predictions'). A request's rows are appended to the staging
+    tables (DuckDB appenders: no statement to plan) in one transaction that is rolled back: the
+    staging tables are empty again after it, and the catalog never changes (a change would make
+    DuckDB plan every statement again). Not safe for concurrent use: one request at a time
+    (`SQLPool`)."""
+
+    def __init__(self, build: Build):
+        self.build = build
+        self.con = con = transform_connection()
+        con.execute("PRAGMA disable_optimizer").fetchall()
+        con.execute("SET threads = 1").fetchall()  # a few rows per table: no work to share
+        statements = {}  # every table and view first: DDL after a PREPARE plans it every time
+        problems = []
+        for block, (raw_table, silver_table) in RAW_BLOCKS.items():
+            staged, cleaned = f"request_{block}", f"cleaned_{block}"
+            columns = ", ".join(f'"{name}" {kind}'
+                                for name, kind in raw_columns(raw_table.name).items())
+            con.execute(f"CREATE TEMP TABLE {staged} ({columns})")
+            query = cleaning_query(silver_table, f"(SELECT *, date_trunc('month', "
+                                   f"parse_source_date(snapshot_date))::DATE AS _snapshot_month "
+                                   f"FROM {staged})")
+            # kept: the silver columns, the reject reason and the out-of-range hits (storing
+            # the rule structs costs more than the cleaning)
+            con.execute(f"CREATE TEMP VIEW {cleaned}_rules AS {query}")
+            hits = rule_hits_expression(con, OUT_OF_RANGE_RULES, f"{cleaned}_rules")
+            con.execute(f"DROP VIEW {cleaned}_rules")
+            query = (f"SELECT {KEPT_COLUMNS}, _row_number, _reject_reason, {hits} AS _hits "
+                     f"FROM ({query})")
+            con.execute(f"CREATE TEMP TABLE {cleaned} AS {query} LIMIT 0")
+            con.execute(f"CREATE TEMP VIEW silver_{silver_table.name} AS {kept_rows(cleaned)}")
+            statements[f"clean_{block}"] = f"INSERT INTO {cleaned} {query}"
+            problems.append(f"SELECT '{block}' AS block, _row_number, _reject_reason, _hits "
+                            f"FROM {cleaned} WHERE _reject_reason IS NOT NULL OR len(_hits) > 0")
+        con.execute("CREATE TEMP TABLE clickstream_window (month DATE, upstream_month DATE)")
+        statements |= {
+            "problems": " UNION ALL ".join(problems) + " ORDER BY ALL",
+            "application_months": "SELECT DISTINCT date_trunc('month', loan_start_date)::DATE "
+                                  "FROM silver_loan_daily",
+            "features": f"SELECT *, {MISSING_SOURCES_SQL} FROM ({sql_text('gold/feature_store')})"}
+        for name, statement in statements.items():
+            con.execute(f"PREPARE {name} AS {statement}")
+        # appenders: a request's rows reach the staging tables without a statement to plan
+        self.appenders = {block: con.appender(f"request_{block}") for block in RAW_BLOCKS}
+
+    def features(self, rows: Mapping[str, list[dict]]
+                 ) -> tuple[pd.DataFrame, dict[str, list[tuple]], dict[str, list[tuple]]]:
+        """For the raw rows of each block (`RAW_BLOCKS`; a row: its raw table's columns, text
+        or numbers, any missing ones NULL): the feature-store rows of the loans they open
+        (with missing_sources), and per block the (_row_number, reason) of the rows the
+        cleaning rejects and the (_row_number, [`rule.column`, ...]) of the kept rows a rule
+        among OUT_OF_RANGE_RULES changed; _row_number counts a block's rows from 1."""
+        con = self.con
+        rejected: dict[str, list[tuple]] = {block: [] for block in RAW_BLOCKS}
+        hits: dict[str, list[tuple]] = {block: [] for block in RAW_BLOCKS}
+        con.execute("BEGIN")
+        try:
+            for block, (raw_table, _) in RAW_BLOCKS.items():
+                values = raw_values(rows.get(block, []), raw_table.name)
+                if values:
+                    self.appenders[block].append_rows(values)
+                    self.appenders[block].flush()
+                con.execute(f"EXECUTE clean_{block}").fetchall()
+            for block, number, reason, rules in con.execute("EXECUTE problems").fetchall():
+                if reason is not None:
+                    rejected[block].append((number, reason))
+                elif rules:
+                    hits[block].append((number, rules))
+            months = [row[0] for row in con.execute("EXECUTE application_months").fetchall()]
+            window = window_pairs(self.build.rules.clickstream, months, self.build.partitions)
+            if window.num_rows:
+                con.execute("INSERT INTO clickstream_window SELECT unnest($pairs, "
+                            "recursive := true)", {"pairs": window.to_pylist()})
+            # through Arrow: DuckDB's own DataFrame conversion costs more than the query
+            frame = con.sql("EXECUTE features").to_arrow_table().to_pandas()
+        finally:
+            for appender in self.appenders.values():
+                appender.clear()  # rows a failed append left behind are not the next request's
+            con.execute("ROLLBACK")
+        return frame, rejected, hits
+
+
+class SQLPool:
+    """Up to `size` ApplicationSQL connections, each used by one request at a time: a request
+    takes an idle one, opens a new one while fewer than `size` exist, or waits for one."""
+
+    def __init__(self, build: Build, size: int):
+        self.build, self.size = build, size
+        self._idle: queue.LifoQueue[ApplicationSQL] = queue.LifoQueue()
+        self.opened = 0  # connections opened so far
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[ApplicationSQL]:
+        try:
+            sql = self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                opening = self.opened < self.size
+                self.opened += opening
+            if not opening:
+                sql = self._idle.get()
+            else:
+                try:
+                    sql = ApplicationSQL(self.build)
+                except Exception:
+                    with self._lock:
+                        self.opened -= 1
+                    raise
+        try:
+            yield sql
+        finally:
+            self._idle.put(sql)
+
+
 # -- the service ------------------------------------------------------------------------------
 
 
@@ -344,6 +480,7 @@ class ScoringService:
         self.metrics = Metrics(build.models.rating_scale, self.settings.psi_window)
         self.window = Window(self.settings.psi_window)
         self._local = threading.local()
+        self.sql = SQLPool(build, self.settings.sql_connections)
         self._reload_lock = threading.Lock()
         self.state: State = self._install(load_state(build, lake, store, table_versions(lake)))
 
@@ -379,12 +516,9 @@ class ScoringService:
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """This thread's DuckDB connection, with the transforms' macros. Without DuckDB's
-        optimizer: on one application planning is the cost (the cleaning macros expand to
-        hundreds of expressions), halved without it, and its rewrites change no result."""
+        """This thread's DuckDB connection with the transforms' macros (the live PSI)."""
         if not hasattr(self._local, "con"):
             self._local.con = transform_connection()
-            self._local.con.execute("PRAGMA disable_optimizer")
         return self._local.con
 
     # -- features ------------------------------------------------------------------------
@@ -397,13 +531,13 @@ class ScoringService:
     def raw_features(self, applications: Sequence[BaseModel], wheres: Sequence[tuple]
                      ) -> list[tuple[pd.DataFrame, list[str]]]:
         """The feature-store row of each raw application (sql/silver/*.sql, then
-        sql/gold/feature_store.sql, once for them all: DuckDB's planning is the cost) and the
-        fields a cleaning rule set aside as out of range (`OUT_OF_RANGE_RULES`). The
+        sql/gold/feature_store.sql, prepared once per pooled connection: `ApplicationSQL`) and
+        the fields a cleaning rule set aside as out of range (`OUT_OF_RANGE_RULES`). The
         applications must have distinct customers (the feature SQL joins by customer);
         `wheres` place each in the request body. Raises InvalidApplication for rows the
         cleaning rejects, or a loan row that does not open its loan (snapshot_date outside
         its start month)."""
-        con, errors = self.con, []
+        errors: list[dict] = []
         loans = [{**a.loan.model_dump(), "snapshot_date": a.loan.snapshot_date
                   or a.loan.loan_start_date} for a in applications]
         blocks = {"loan": [[loan] for loan in loans],
@@ -413,41 +547,33 @@ class ScoringService:
                                  for a in applications],
                   "clickstream": [[row.model_dump() for row in a.clickstream]
                                   for a in applications]}
-        out_of_range: list[list[str]] = [[] for _ in applications]
+        rows: dict[str, list[dict]] = {}
+        owners: dict[str, list[tuple[int, int]]] = {}  # [_row_number - 1]: (application, position)
         for block, per_application in blocks.items():
-            raw_table, silver_table = RAW_BLOCKS[block]
-            rows, owners = [], []  # owners[_row_number - 1]: (application, position in block)
+            rows[block], owners[block] = [], []
             for i, block_rows in enumerate(per_application):
                 for position, row in enumerate(block_rows):
                     row["Customer_ID"] = row.get("Customer_ID") or loans[i]["Customer_ID"]
-                    rows.append(row)
-                    owners.append((i, position))
-            con.register("request_rows", raw_rows(rows, raw_table.name))
-            con.execute("CREATE OR REPLACE TEMP VIEW raw_rows AS SELECT *, date_trunc('month', "
-                        "parse_source_date(snapshot_date))::DATE AS _snapshot_month "
-                        "FROM request_rows")
-            clean(con, silver_table)
-            for number, reason in con.execute(
-                    f"SELECT _row_number, reason FROM ({REJECTED_ROWS}) ORDER BY ALL"
-                    ).fetchall():
-                i, position = owners[number - 1]
+                    rows[block].append(row)
+                    owners[block].append((i, position))
+        with self.sql.connection() as sql:
+            frame, rejected, hits = sql.features(rows)
+        for block, found in rejected.items():
+            for number, reason in found:
+                i, position = owners[block][number - 1]
                 for problem in reason.split("; "):
                     loc = (*wheres[i], block, *((position,) if block == "clickstream" else ()),
                            problem.split(" ")[0])
                     errors.append({"loc": ["body", *loc], "msg": problem,
                                    "type": "value_error"})
-            for number, hits in rule_hits(con, OUT_OF_RANGE_RULES).items():
-                out_of_range[owners[number - 1][0]] += [
-                    f"{block}.{hit.split('.', 1)[1]}" for hit in hits]
-            con.register(f"silver_{silver_table.name}", con.sql(KEPT_ROWS).to_arrow_table())
         if errors:
             raise InvalidApplication(errors)
-        months = [row[0] for row in con.execute(
-            "SELECT DISTINCT date_trunc('month', loan_start_date)::DATE FROM silver_loan_daily"
-            ).fetchall()]
-        application_features(con, self.build.rules, months, self.build.partitions)
-        frame = con.execute(f"SELECT *, {MISSING_SOURCES_SQL} FROM {RESULT}"
-                            ).df(date_as_object=True).set_index("loan_id", drop=False)
+        out_of_range: list[list[str]] = [[] for _ in applications]
+        for block, found in hits.items():
+            for number, rules in found:
+                out_of_range[owners[block][number - 1][0]] += [
+                    f"{block}.{rule.split('.', 1)[1]}" for rule in rules]
+        frame = frame.set_index("loan_id", drop=False)
         opened = [loan["loan_id"].strip() for loan in loans]
         errors = [{"loc": ["body", *wheres[i], "loan", "snapshot_date"], "type": "value_error",
                    "msg": "the loan row must be the loan's first snapshot: snapshot_date in the "
@@ -569,15 +695,22 @@ def distinct_groups(indexes: Sequence[int], requests: Sequence[BaseModel]
     return groups
 
 
-def raw_rows(rows: list[dict], source: str) -> pa.Table:
-    """Request rows as the raw table of `source` holds them: every column of its contract as
-    text, in order, and the lineage columns _row_number and _source_file (the request)."""
-    columns = [column.name for column in contracts()[source].columns]
-    return pa.table({
-        **{name: pa.array([_text(row.get(name)) for row in rows], pa.string())
-           for name in columns},
-        "_row_number": pa.array(range(1, len(rows) + 1), pa.int64()),
-        "_source_file": pa.array(["request"] * len(rows), pa.string())})
+RAW_LINEAGE = {"_row_number": "BIGINT", "_source_file": "VARCHAR"}
+
+
+def raw_columns(source: str) -> dict[str, str]:
+    """The columns of `source`'s raw table as a request's rows fill it, with their DuckDB
+    types: every column of its contract as text, in order, and the lineage columns."""
+    return {**{column.name: "VARCHAR" for column in contracts()[source].columns}, **RAW_LINEAGE}
+
+
+def raw_values(rows: list[dict], source: str) -> list[tuple]:
+    """Request rows as the raw table of `source` holds them, in the order of `raw_columns`:
+    values as the text a CSV cell holds, _row_number counting from 1, _source_file
+    "request"."""
+    columns = [name for name in raw_columns(source) if name not in RAW_LINEAGE]
+    return [(*(_text(row.get(name)) for name in columns), number, "request")
+            for number, row in enumerate(rows, 1)]
 
 
 def _text(value: RawValue) -> str | None:

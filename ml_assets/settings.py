@@ -163,6 +163,7 @@ class ServeSettings:
     psi_window: int  # the last scores the live score PSI compares with the champion's reference
     psi_min_scores: int  # fewer scores than this in the window: no live PSI yet
     max_batch: int  # applications in one POST /v1/score/batch at most
+    sql_connections: int  # DuckDB connections with the batch SQL prepared, for raw applications
 
 
 EXECUTORS = ("in_process", "multiprocess", "k8s", "celery")
@@ -362,7 +363,7 @@ def _analytics(raw: dict) -> AnalyticsSettings:
 
 
 def _serve(raw: dict) -> ServeSettings:
-    port = raw.get("port", 8000)
+    port = raw.get("port", 8080)
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise SettingsError(f"serve.port: expected a port from 1 to 65535, got {port!r}")
     reload_seconds = raw.get("reload_seconds", 10)
@@ -372,7 +373,8 @@ def _serve(raw: dict) -> ServeSettings:
         host=str(raw.get("host", "127.0.0.1")), port=port, reload_seconds=float(reload_seconds),
         psi_window=_positive_int(raw.get("psi_window", 500), "serve.psi_window"),
         psi_min_scores=_positive_int(raw.get("psi_min_scores", 500), "serve.psi_min_scores"),
-        max_batch=_positive_int(raw.get("max_batch", 1000), "serve.max_batch"))
+        max_batch=_positive_int(raw.get("max_batch", 1000), "serve.max_batch"),
+        sql_connections=_positive_int(raw.get("sql_connections", 2), "serve.sql_connections"))
     if values.psi_min_scores > values.psi_window:
         raise SettingsError("serve.psi_min_scores: at most serve.psi_window")
     return values

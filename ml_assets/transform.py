@@ -1,7 +1,7 @@
 """Running a transform of sql/ on in-memory tables: an in-memory DuckDB connection with the
 shared macros (sql/macros.sql), the inputs registered as views. The unit tests run each SQL
-file this way on hand-made frames, and the scoring service (ml_assets.serving) runs the
-silver and feature-store SQL this way on one application."""
+file this way on hand-made frames; the scoring service (ml_assets.serving) prepares the silver
+and feature-store SQL once on such a connection and runs it for every application."""
 
 from __future__ import annotations
 

@@ -1,12 +1,15 @@
 """The scoring service (ml_assets.serving, `vintage serve`) on a small generated warehouse: the
 PD of a loan equals gold.predictions' to 1e-9 whether asked by loan_id or by its raw source rows
-(through the batch SQL), validation names each bad field, a new champion is swapped in without
-a failed request, the live score PSI equals an independent recomputation, a real Prometheus
-scrapes the metrics, and every Grafana panel and alert names metrics the service exports."""
+(through the batch SQL, prepared once: alone, in a batch, with rows the cleaning rules change,
+from eight threads at once), validation names each bad field, a new champion is swapped in by
+the reload timer without a failed or mixed answer, the live score PSI equals an independent
+recomputation, a real Prometheus scrapes the metrics, and every Grafana panel and alert names
+metrics the service exports."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -24,8 +28,10 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
-from ml_assets.serving import ScoringService, create_app
+from ml_assets.contracts import contracts
+from ml_assets.serving import RequestModels, ScoringService, create_app
 from ml_assets.settings import PROJECT_ROOT, SettingsError, load_settings
 from ml_assets.tables import MODEL_ALIASES, PREDICTIONS, RAW_TABLES, SCORE_REFERENCE
 from tests.conftest import VINTAGE, run_vintage
@@ -140,19 +146,59 @@ def test_raw_fields_score_as_the_batch_pipeline(client, warehouse):
     course files' dirt (trailing underscores, placeholders): the raw rows go through silver's
     and the feature store's SQL and give gold.predictions' PD."""
     expected = {row["loan_id"]: row for row in predictions(warehouse, "logistic-2024-02")}
+    dirty = (k for k in expected if re.search(r"_$|^_+$|__", json.dumps(
+        raw_application(warehouse, k)["financials"])))
     chosen = [*list(expected)[:3],
               next(k for k, r in expected.items() if r["missing_sources"]),
-              *[k for k in expected if re.search(r"_$|^_+$|__", json.dumps(
-                  raw_application(warehouse, k)["financials"]))][:2]]
+              *itertools.islice(dirty, 2)]
     assert len(set(chosen)) >= 5
-    for loan_id in dict.fromkeys(chosen):
-        answer = client.post("/v1/score", json=raw_application(warehouse, loan_id))
+    applications = [raw_application(warehouse, loan_id) for loan_id in dict.fromkeys(chosen)]
+    for application in applications:
+        answer = client.post("/v1/score", json=application)
         assert answer.status_code == 200, answer.text
-        body, row = answer.json(), expected[loan_id]
+        body, row = answer.json(), expected[application["loan"]["loan_id"]]
         assert body["input"] == "raw"
         assert body["pd"] == pytest.approx(row["score"], abs=1e-9)
         assert (body["grade"], body["decision"], body["missing_sources"]) == (
             row["grade"], row["decision"], row["missing_sources"])
+    # the same applications in one batch: through the prepared SQL together
+    batch = client.post("/v1/score/batch", json={"applications": applications})
+    assert batch.status_code == 200, batch.text
+    for body in batch.json()["results"]:
+        assert body["pd"] == pytest.approx(expected[body["loan_id"]]["score"], abs=1e-9)
+
+
+def test_raw_fields_that_trip_cleaning_rules_score_as_the_batch_pipeline(client, warehouse):
+    """Loans whose raw rows the cleaning rules change (an out-of-range or not-allowed value set
+    to NULL, a number with a trailing underscore read as the number) score as gold.predictions
+    did on the same rows, and the answer names the fields set aside."""
+    expected = {row["loan_id"]: row for row in predictions(warehouse, "logistic-2024-02")}
+    tripped = []
+    for loan_id in expected:
+        answer = client.post("/v1/score", json=raw_application(warehouse, loan_id)).json()
+        assert answer["pd"] == pytest.approx(expected[loan_id]["score"], abs=1e-9)
+        if answer["data_quality"]["out_of_range_fields"]:
+            tripped.append(loan_id)
+            if len(tripped) == 3:
+                break
+    assert len(tripped) == 3, "too few loans of the test warehouse trip a cleaning rule"
+
+
+def test_raw_applications_at_concurrency_8_score_as_one_at_a_time(warehouse):
+    """Eight threads score raw applications through a pool of two prepared connections: every
+    answer equals gold.predictions' PD, so no request sees another's staged rows."""
+    service = service_of(warehouse, sql_connections=2)
+    expected = {row["loan_id"]: row["score"] for row in predictions(warehouse, "logistic-2024-02")}
+    loans = list(expected)[:24]
+    models = RequestModels.of(contracts(), service.settings.max_batch)
+    requests = [TypeAdapter(models.application).validate_python(raw_application(warehouse, loan))
+                for loan in loans]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(service.score, requests * 2))
+    assert [a["loan_id"] for a in answers] == loans * 2
+    for answer in answers:
+        assert answer["pd"] == pytest.approx(expected[answer["loan_id"]], abs=1e-9)
+    assert service.sql.opened == 2
 
 
 def test_batch_answers_each_application_as_one(client, warehouse):
@@ -275,6 +321,16 @@ def test_live_psi_and_shares_match_a_recomputation(warehouse):
 # -- reload ----------------------------------------------------------------------------------
 
 
+def publish_champion(warehouse: Warehouse, month: date, as_of: date) -> None:
+    """Publish ml.model_aliases' `month` with the champion of month `as_of` (a gate decision
+    naming an earlier champion again)."""
+    lake = warehouse.lake()
+    with duckdb.connect() as con:
+        lake.read(con, "aliases", MODEL_ALIASES, None)
+        lake.publish(con, MODEL_ALIASES, f"SELECT * REPLACE (DATE '{month}' AS month) "
+                     f"FROM aliases WHERE month = DATE '{as_of}'", [month])
+
+
 def test_a_new_champion_is_swapped_in_without_a_failed_request(warehouse, tmp_path):
     """The gate publishes a month whose champion is lightgbm-2024-01 while requests run: every
     request succeeds, and the service then scores as gold.predictions did with that model."""
@@ -291,11 +347,7 @@ def test_a_new_champion_is_swapped_in_without_a_failed_request(warehouse, tmp_pa
         worker = threading.Thread(target=hammer, args=(fresh,))
         worker.start()
         time.sleep(0.3)
-        lake = copy.lake()
-        with duckdb.connect() as con:
-            lake.read(con, "aliases", MODEL_ALIASES, None)
-            lake.publish(con, MODEL_ALIASES, "SELECT * REPLACE (DATE '2024-03-01' AS month) "
-                         "FROM aliases WHERE month = DATE '2024-01-01'", [date(2024, 3, 1)])
+        publish_champion(copy, date(2024, 3, 1), date(2024, 1, 1))
         assert service.refresh()
         assert not service.refresh()  # nothing new since
         time.sleep(0.3)
@@ -311,15 +363,71 @@ def test_a_new_champion_is_swapped_in_without_a_failed_request(warehouse, tmp_pa
             assert answer["decision"] == row["decision"]
 
 
+def test_the_reload_timer_swaps_the_champion_while_requests_run(warehouse, tmp_path):
+    """With serve.reload_seconds short, the service's own timer thread finds a new champion
+    version while four threads send requests (by loan_id and raw fields): /health names it
+    within a few intervals, no request fails, and every answer's PD is the one its
+    model_version gives that loan (no answer mixes the two models)."""
+    copy = warehouse.copy(tmp_path)
+    interval = 0.25
+    old = {row["loan_id"]: row for row in predictions(copy, "logistic-2024-02")[:3]}
+    new = {row["loan_id"]: row for row in predictions(copy, "lightgbm-2024-01")[:3]}
+    bodies = [*({"loan_id": loan} for loan in [*old, *new]),
+              raw_application(copy, next(iter(old)))]
+    models = RequestModels.of(contracts(), 1000)
+    requests = [TypeAdapter(models.application).validate_python(b) for b in bodies]
+    started = time.monotonic()
+    before = service_of(copy)  # each version's PDs, from a service that never reloads
+    load_seconds = time.monotonic() - started
+    expected = {("logistic-2024-02", a["loan_id"]): a["pd"] for a in map(before.score, requests)}
+
+    service = service_of(copy, reload_seconds=interval)
+    answers: list[list] = [[] for _ in range(4)]
+    stop = threading.Event()
+
+    def hammer(test_client, mine: list):
+        while not stop.is_set():
+            for body in bodies:
+                mine.append(test_client.post("/v1/score", json=body))
+
+    with TestClient(create_app(service)) as live:
+        workers = [threading.Thread(target=hammer, args=(live, mine)) for mine in answers]
+        for worker in workers:
+            worker.start()
+        time.sleep(3 * interval)
+        publish_champion(copy, date(2024, 3, 1), date(2024, 1, 1))
+        published = time.monotonic()
+        deadline = published + 4 * interval + 3 * load_seconds
+        while live.get("/health").json()["model_version"] != "lightgbm-2024-01":
+            assert time.monotonic() < deadline, "the timer did not load the new champion"
+            time.sleep(interval / 5)
+        time.sleep(3 * interval)
+        stop.set()
+        for worker in workers:
+            worker.join()
+        assert not service.refresh()  # the timer has loaded the state already
+    after = service_of(copy)
+    expected |= {("lightgbm-2024-01", a["loan_id"]): a["pd"]
+                 for a in map(after.score, requests)}
+    for loan_id, row in new.items():  # the new champion's PDs are gold.predictions' own
+        assert expected[("lightgbm-2024-01", loan_id)] == pytest.approx(row["score"], abs=1e-9)
+
+    assert all(a.status_code == 200 for mine in answers for a in mine)
+    for mine in answers:
+        versions = [a.json()["model_version"] for a in mine]
+        assert versions[0] == "logistic-2024-02" and versions[-1] == "lightgbm-2024-01"
+        switch = versions.index("lightgbm-2024-01")  # old, then new: never back
+        assert set(versions[switch:]) == {"lightgbm-2024-01"}
+        for answer in (a.json() for a in mine):
+            assert answer["pd"] == pytest.approx(
+                expected[(answer["model_version"], answer["loan_id"])], abs=1e-12)
+
+
 def test_refresh_keeps_scoring_when_the_new_state_cannot_load(warehouse, tmp_path):
     copy = warehouse.copy(tmp_path)
     service = service_of(copy)
     shutil.rmtree(Path(copy.store().version_uri("lightgbm", "lightgbm-2024-01")))
-    lake = copy.lake()
-    with duckdb.connect() as con:
-        lake.read(con, "aliases", MODEL_ALIASES, None)
-        lake.publish(con, MODEL_ALIASES, "SELECT * REPLACE (DATE '2024-03-01' AS month) "
-                     "FROM aliases WHERE month = DATE '2024-01-01'", [date(2024, 3, 1)])
+    publish_champion(copy, date(2024, 3, 1), date(2024, 1, 1))
     assert not service.refresh()
     assert service.state.model_version == "logistic-2024-02"
     text = TestClient(create_app(service, reload=False)).get("/metrics").text
@@ -490,9 +598,34 @@ def test_every_dashboard_and_alert_query_names_exported_metrics(client, warehous
         assert promql_metrics(expression) <= exported, expression
 
 
+def test_the_service_listens_on_8080_by_default(tmp_path):
+    """8080, not 8000 (the Evidently UI's, `vintage dashboard`): the settings' default, the
+    shipped configuration, `make serve`, docker compose and the Prometheus scrape target."""
+    settings = yaml.safe_load((PROJECT_ROOT / "config" / "vintage.yaml").read_text())
+    assert settings["serve"]["port"] == 8080
+    del settings["serve"]["port"]
+    path = tmp_path / "vintage.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    assert load_settings(path, environ={}).serve.port == 8080
+    def make(*args: str) -> str:  # the command `make` would run, not run
+        return subprocess.run(["make", "-n", *args], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, check=True).stdout.splitlines()[-1]
+
+    assert "--port" not in make("serve")  # serve.port decides
+    assert make("serve", "PORT=9001").endswith("--port 9001")
+    assert make("dashboard").endswith("--port 8000")  # both run at once
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["scoring"]["command"]
+    assert command[command.index("--port") + 1] == "8080"
+    scrape = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus" / "prometheus.yml"
+                             ).read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["scoring:8080"]
+
+
 @pytest.mark.parametrize(("serve", "message"), [
     ({"port": 0}, "serve.port"), ({"reload_seconds": -1}, "serve.reload_seconds"),
-    ({"psi_window": 100, "psi_min_scores": 200}, "serve.psi_min_scores")])
+    ({"psi_window": 100, "psi_min_scores": 200}, "serve.psi_min_scores"),
+    ({"sql_connections": 0}, "serve.sql_connections")])
 def test_serve_settings_are_checked(tmp_path, serve, message):
     settings = yaml.safe_load((PROJECT_ROOT / "config" / "vintage.yaml").read_text())
     settings["serve"].update(serve)

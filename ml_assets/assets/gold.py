@@ -78,8 +78,8 @@ def application_features(con: duckdb.DuckDBPyConnection, rules: TimeRules,
     """Run sql/gold/feature_store.sql for the application `months` into the temporary table
     RESULT, over the silver views registered in `con` (silver_loan_daily, silver_attributes,
     silver_financials, silver_clickstream), with each month's clickstream lookback window from
-    the time rules; returns a query of RESULT. The feature store asset and the scoring service
-    (ml_assets.serving) build features this way."""
+    the time rules; returns a query of RESULT. The feature store asset builds features this way;
+    the scoring service (ml_assets.serving) prepares the same SQL over the same inputs."""
     con.register("clickstream_window", window_pairs(rules.clickstream, months, partitions))
     con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {sql_text('gold/feature_store')}")
     return f"SELECT * FROM {RESULT}"

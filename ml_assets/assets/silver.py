@@ -24,7 +24,15 @@ from resources.lake import Table, sql_text
 _CLEANING_STRUCT = re.compile(r"^(num|int|cat|parsed)__([A-Za-z0-9_]+)$")
 _FIELD = re.compile(r"^[a-z_]+$")
 KEPT_COLUMNS = "COLUMNS(lambda c: NOT (c LIKE '\\_%' ESCAPE '\\' OR c LIKE '%\\_\\_%' ESCAPE '\\'))"
-KEPT_ROWS = f"SELECT {KEPT_COLUMNS} FROM {RESULT} WHERE _reject_reason IS NULL"
+
+
+def kept_rows(result: str = RESULT) -> str:
+    """The query of the silver rows of a cleaned `result` (a silver transform's output): the
+    kept rows, without the rule structs, reject reason and lineage columns."""
+    return f"SELECT {KEPT_COLUMNS} FROM {result} WHERE _reject_reason IS NULL"
+
+
+KEPT_ROWS = kept_rows()
 REJECTED_ROWS = (
     f"SELECT _snapshot_month, _source_file, _row_number, _reject_reason AS reason "
     f"FROM {RESULT} WHERE _reject_reason IS NOT NULL"
@@ -34,10 +42,11 @@ RAW_OF = {"loan_daily": "lms_loan_daily", "clickstream": "feature_clickstream",
           "attributes": "features_attributes", "financials": "features_financials"}
 
 
-def cleaning_rules(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
-    """Every cleaning rule of the RESULT of a silver transform: (`rule.column`, the SQL of the
-    boolean field saying the rule changed the column's value)."""
-    relation = con.table(RESULT)
+def cleaning_rules(con: duckdb.DuckDBPyConnection, result: str = RESULT
+                   ) -> list[tuple[str, str]]:
+    """Every cleaning rule of the `result` of a silver transform: (`rule.column`, the SQL of
+    the boolean field saying the rule changed the column's value)."""
+    relation = con.table(result)
     rules = []
     for name, kind in zip(relation.columns, relation.types, strict=True):
         match = _CLEANING_STRUCT.match(name)
@@ -62,17 +71,14 @@ def rule_counts(con: duckdb.DuckDBPyConnection) -> dict[date, dict[str, int]]:
             for row in rows}
 
 
-def rule_hits(con: duckdb.DuckDBPyConnection, rules: Sequence[str]) -> dict[int, list[str]]:
-    """Per kept row (its _row_number), the `rule.column` of each cleaning rule among `rules`
-    (rule names, e.g. out_of_range) that changed one of its values; rows without any left
-    out."""
-    chosen = [(rule, sql) for rule, sql in cleaning_rules(con) if rule.split(".")[0] in rules]
-    if not chosen:
-        return {}
-    hits = ", ".join(f"CASE WHEN {sql} THEN '{rule}' END" for rule, sql in chosen)
-    return dict(con.execute(
-        f"SELECT _row_number, list_filter([{hits}], lambda r: r IS NOT NULL) AS hits "
-        f"FROM {RESULT} WHERE _reject_reason IS NULL AND len(hits) > 0").fetchall())
+def rule_hits_expression(con: duckdb.DuckDBPyConnection, rules: Sequence[str],
+                         result: str = RESULT) -> str:
+    """The SQL expression, over a row of `result`, of the list of each `rule.column` whose
+    cleaning rule is among `rules` (rule names, e.g. out_of_range) and changed the row's value
+    (VARCHAR[], empty when none did)."""
+    hits = ", ".join(f"CASE WHEN {sql} THEN '{rule}' END"
+                     for rule, sql in cleaning_rules(con, result) if rule.split(".")[0] in rules)
+    return f"list_filter([{hits}]::VARCHAR[], lambda r: r IS NOT NULL)"
 
 
 def duplicate_keys(con: duckdb.DuckDBPyConnection, table: Table) -> list[tuple]:
@@ -94,14 +100,23 @@ def _rules_metadata(counts: dict[str, int]) -> dict:
     }
 
 
+def cleaning_query(table: Table, raw_rows: str = "raw_rows") -> str:
+    """The query cleaning the raw rows of `raw_rows` (a raw table's columns and
+    `_snapshot_month`) into silver `table`'s rows with their rule structs, `_reject_reason` and
+    lineage columns: exact duplicates dropped (sql/silver/distinct_rows.sql), then
+    sql/silver/<table>.sql. The silver assets (`clean`) and the scoring service
+    (ml_assets.serving, prepared once) clean a source with it."""
+    rows = "" if raw_rows == "raw_rows" else f"raw_rows AS (SELECT * FROM {raw_rows}), "
+    return (f"WITH {rows}raw_{RAW_OF[table.name]} AS ({sql_text('silver/distinct_rows')}) "
+            f"SELECT * FROM ({sql_text(f'silver/{table.name}')})")
+
+
 def clean(con: duckdb.DuckDBPyConnection, table: Table) -> str:
-    """Clean the raw rows registered in `con` as `raw_rows` into the temporary table RESULT:
-    exact duplicates dropped (sql/silver/distinct_rows.sql), then sql/silver/<table>.sql.
-    Returns the view of the distinct raw rows. The silver assets and the scoring service
-    (ml_assets.serving) clean a source this way."""
+    """Clean the raw rows registered in `con` as `raw_rows` into the temporary table RESULT
+    (`cleaning_query`). Returns the view of the distinct raw rows (for counts)."""
     view = f"raw_{RAW_OF[table.name]}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql_text('silver/distinct_rows')}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {sql_text(f'silver/{table.name}')}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT} AS {cleaning_query(table)}")
     return view
 
 
