@@ -25,13 +25,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from fastapi import Body, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -112,11 +114,58 @@ def _source_model(name: str, contract: SourceContract, required: Iterable[str] =
     fields: dict[str, Any] = {
         column.name: (str, ...) if column.name in required else (RawValue, None)
         for column in contract.columns}
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(name, __config__=ConfigDict(extra="allow"), **fields)
+
+
+def declared(row: BaseModel) -> dict:
+    """The fields of `row` its model declares (not the unknown ones it was sent)."""
+    return {name: getattr(row, name) for name in type(row).model_fields}
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The request model inside a field's annotation (X, X | None, list[X]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_nested_model, get_args(annotation))), None)
+
+
+def unknown_fields(model: type[BaseModel], body: Any, loc: Sequence) -> list[dict]:
+    """422 errors (as pydantic writes them: type extra_forbidden) for every field of `body`
+    (the JSON of one application, at `loc` in the request) and of its blocks that `model`
+    does not declare. The request models accept unknown fields so that one 422 names them
+    together with every other error (a missing field, a value the cleaning refuses)."""
+    if not isinstance(body, dict):
+        return []
+    found = [{"loc": [*loc, name], "msg": "Extra inputs are not permitted",
+              "type": "extra_forbidden"} for name in body if name not in model.model_fields]
+    for name, declared_field in model.model_fields.items():
+        inner, value = _nested_model(declared_field.annotation), body.get(name)
+        if inner is not None:
+            for position, item in (enumerate(value) if isinstance(value, list)
+                                   else [(None, value)]):
+                found += unknown_fields(inner, item, [*loc, name, *(
+                    [] if position is None else [position])])
+    return found
+
+
+APPLICATION_TAGS = ("loan_id", "application")
 
 
 def _kind(body: Any) -> str:
     return "loan_id" if isinstance(body, dict) and "loan_id" in body else "application"
+
+
+def without_tag(loc: Sequence) -> list:
+    """The `loc` of a 422 error as the body reads, without the tag pydantic adds for the kind
+    of application it chose (`_kind`): ["body", "application", "financials", "Age"] becomes
+    ["body", "financials", "Age"], ["body", "applications", 1, "loan_id", "x"] becomes
+    ["body", "applications", 1, "x"]."""
+    loc = list(loc)
+    at = 3 if loc[:2] == ["body", "applications"] and len(loc) > 2 and isinstance(
+        loc[2], int) else 1 if loc[:1] == ["body"] else None
+    if at is not None and len(loc) > at and loc[at] in APPLICATION_TAGS:
+        del loc[at]
+    return loc
 
 
 @dataclass(frozen=True)
@@ -126,6 +175,8 @@ class RequestModels:
 
     application: Any
     batch: type[BaseModel]
+    by_loan: type[BaseModel]
+    raw: type[BaseModel]
 
     @classmethod
     def of(cls, source_contracts: Mapping[str, SourceContract], max_batch: int
@@ -135,10 +186,10 @@ class RequestModels:
         attributes = _source_model("AttributesRow", source_contracts[RAW_ATTRIBUTES.name])
         financials = _source_model("FinancialsRow", source_contracts[RAW_FINANCIALS.name])
         clickstream = _source_model("ClickstreamRow", source_contracts[RAW_CLICKSTREAM.name])
-        by_loan = create_model("LoanRequest", __config__=ConfigDict(extra="forbid"),
+        by_loan = create_model("LoanRequest", __config__=ConfigDict(extra="allow"),
                                loan_id=(str, Field(min_length=1)))
         raw = create_model(
-            "ApplicationRequest", __config__=ConfigDict(extra="forbid"),
+            "ApplicationRequest", __config__=ConfigDict(extra="allow"),
             loan=(loan, ...), attributes=(attributes | None, None),
             financials=(financials | None, None), clickstream=(list[clickstream], []))
         application = Annotated[Annotated[by_loan, Tag("loan_id")]
@@ -146,7 +197,7 @@ class RequestModels:
         batch = create_model("BatchRequest", __config__=ConfigDict(extra="forbid"),
                              applications=(list[application],
                                            Field(min_length=1, max_length=max_batch)))
-        return cls(application, batch)
+        return cls(application, batch, by_loan, raw)
 
 
 class UnknownLoan(LookupError):
@@ -538,14 +589,14 @@ class ScoringService:
         cleaning rejects, or a loan row that does not open its loan (snapshot_date outside
         its start month)."""
         errors: list[dict] = []
-        loans = [{**a.loan.model_dump(), "snapshot_date": a.loan.snapshot_date
+        loans = [{**declared(a.loan), "snapshot_date": a.loan.snapshot_date
                   or a.loan.loan_start_date} for a in applications]
         blocks = {"loan": [[loan] for loan in loans],
-                  "attributes": [[a.attributes.model_dump()] if a.attributes else []
+                  "attributes": [[declared(a.attributes)] if a.attributes else []
                                  for a in applications],
-                  "financials": [[a.financials.model_dump()] if a.financials else []
+                  "financials": [[declared(a.financials)] if a.financials else []
                                  for a in applications],
-                  "clickstream": [[row.model_dump() for row in a.clickstream]
+                  "clickstream": [[declared(row) for row in a.clickstream]
                                   for a in applications]}
         rows: dict[str, list[dict]] = {}
         owners: dict[str, list[tuple[int, int]]] = {}  # [_row_number - 1]: (application, position)
@@ -597,13 +648,15 @@ class ScoringService:
         InvalidApplication for them all, naming each bad one by its `wheres`."""
         state = self.state  # these requests' state, whatever a reload does meanwhile
         found: dict[int, tuple[pd.DataFrame, list[str]]] = {}
-        errors: list[dict] = []
+        errors = [error for request, where in zip(requests, wheres, strict=True)
+                  for error in unknown_fields(type(request), request.model_dump(),
+                                              ["body", *where])]
         raw = [i for i, r in enumerate(requests) if not hasattr(r, "loan_id")]
         for i in set(range(len(requests))) - set(raw):
             try:
                 found[i] = self.loan_features(state, requests[i].loan_id), []
             except UnknownLoan as error:
-                if len(requests) == 1:
+                if len(requests) == 1 and not errors:
                     raise
                 errors.append({"loc": ["body", *wheres[i], "loan_id"], "msg": str(error),
                                "type": "not_found"})
@@ -757,6 +810,21 @@ def create_app(service: ScoringService, reload: bool = True) -> FastAPI:
             labels = (endpoint, request.method, str(status))
             service.metrics.requests.labels(*labels).inc()
             service.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, error: RequestValidationError):
+        """pydantic's errors without the union's tag in `loc`, and the unknown fields."""
+        found = [{**e, "loc": without_tag(e["loc"])} for e in error.errors()]
+        body = error.body
+        bodies = ([(item, ["body", "applications", i])
+                   for i, item in enumerate(body.get("applications") or [])]
+                  if request.url.path.endswith("/batch") and isinstance(body, dict)
+                  else [(body, ["body"])])
+        for item, loc in bodies:
+            kind = models.by_loan if _kind(item) == "loan_id" else models.raw
+            found += [e for e in unknown_fields(kind, item, loc)
+                      if e["loc"] not in [f["loc"] for f in found]]
+        return JSONResponse({"detail": jsonable_encoder(found)}, status_code=422)
 
     @app.exception_handler(InvalidApplication)
     async def invalid(_request: Request, error: InvalidApplication):

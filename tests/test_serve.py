@@ -248,6 +248,28 @@ def test_unknown_and_bad_fields_are_refused_by_name(client, warehouse):
     missing = client.post("/v1/score", json={"loan_id": "CUS_none_2024_02_01"})
     assert missing.status_code == 404 and "CUS_none_2024_02_01" in missing.json()["detail"]
 
+    # one 422 names every problem, each at its place in the body as sent
+    both = {**dirty, "financials": {**dirty["financials"], "Favourite_Colour": "red"},
+            "clickstream": [*application["clickstream"], {
+                "snapshot_date": application["loan"]["loan_start_date"], "fe_99": 1}]}
+    last = len(both["clickstream"]) - 1
+    answer = client.post("/v1/score", json=both)
+    assert answer.status_code == 422
+    assert {(tuple(e["loc"]), e["type"]) for e in answer.json()["detail"]} == {
+        (("body", "financials", "Annual_Income"), "value_error"),
+        (("body", "financials", "Num_of_Loan"), "value_error"),
+        (("body", "financials", "Favourite_Colour"), "extra_forbidden"),
+        (("body", "clickstream", last, "fe_99"), "extra_forbidden")}
+    assert {tuple(e["loc"]) for e in client.post("/v1/score", json=wrong).json()["detail"]} == {
+        ("body", "financials", "Shoe_Size"), ("body", "loan", "Customer_ID")}
+    batch = client.post("/v1/score/batch", json={"applications": [
+        {"loan_id": loan_id}, {"loan_id": loan_id, "zzz": 1},
+        {**application, "loan": {**application["loan"], "loan_start_date": None}}]})
+    assert batch.status_code == 422
+    assert {tuple(e["loc"]) for e in batch.json()["detail"]} == {
+        ("body", "applications", 1, "zzz"), ("body", "applications", 2, "loan",
+                                             "loan_start_date")}
+
 
 def test_out_of_range_and_missing_fields_are_reported(client, service, warehouse):
     loan_id = predictions(warehouse, "logistic-2024-02")[0]["loan_id"]
