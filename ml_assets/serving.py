@@ -496,23 +496,39 @@ class SQLPool:
         self.opened = 0  # connections opened so far
         self._lock = threading.Lock()
 
+    def _open(self) -> ApplicationSQL | None:
+        """A new connection (its SQL prepared: 0.5-1 s), or None when `size` are open."""
+        with self._lock:
+            if self.opened >= self.size:
+                return None
+            self.opened += 1
+        try:
+            return ApplicationSQL(self.build)
+        except Exception:
+            with self._lock:
+                self.opened -= 1
+            raise
+
+    @property
+    def idle(self) -> int:
+        """Connections open and prepared, waiting for a request."""
+        return self._idle.qsize()
+
+    def warm(self) -> None:
+        """Open every connection now, so that no raw request waits for its SQL's preparing
+        (the service calls it in a thread as it starts)."""
+        try:
+            while (sql := self._open()) is not None:
+                self._idle.put(sql)
+        except Exception:  # a raw request opens it again, and answers why it fails
+            log.exception("preparing the raw-field SQL failed")
+
     @contextmanager
     def connection(self) -> Iterator[ApplicationSQL]:
         try:
             sql = self._idle.get_nowait()
         except queue.Empty:
-            with self._lock:
-                opening = self.opened < self.size
-                self.opened += opening
-            if not opening:
-                sql = self._idle.get()
-            else:
-                try:
-                    sql = ApplicationSQL(self.build)
-                except Exception:
-                    with self._lock:
-                        self.opened -= 1
-                    raise
+            sql = self._open() or self._idle.get()
         try:
             yield sql
         finally:
@@ -786,6 +802,7 @@ def create_app(service: ScoringService, reload: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        threading.Thread(target=service.sql.warm, name="vintage-sql", daemon=True).start()
         thread = threading.Thread(target=reloading, name="vintage-reload", daemon=True)
         if reload:
             thread.start()
