@@ -643,9 +643,13 @@ def test_the_service_listens_on_8080_by_default(tmp_path):
     path = tmp_path / "vintage.yaml"
     path.write_text(yaml.safe_dump(settings))
     assert load_settings(path, environ={}).serve.port == 8080
-    def make(*args: str) -> str:  # the command `make` would run, not run
-        return subprocess.run(["make", "-n", *args], cwd=PROJECT_ROOT, capture_output=True,
-                              text=True, check=True).stdout.splitlines()[-1]
+    def make(target: str, *args: str) -> str:  # the command `make` would run, not run
+        printed = subprocess.run(["make", "-n", "--no-print-directory", target, *args],
+                                 cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+                                 env={k: v for k, v in os.environ.items()
+                                      if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")})
+        [line] = [line for line in printed.stdout.splitlines() if f"vintage {target}" in line]
+        return line
 
     assert "--port" not in make("serve")  # serve.port decides
     assert make("serve", "PORT=9001").endswith("--port 9001")
