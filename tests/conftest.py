@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import requests
 
 from ml_assets.transform import run_transform as run_sql
 from ml_assets.transform import transform_connection
@@ -59,3 +65,36 @@ def run_vintage(*args: str, env: dict | None = None, cwd=None,
                           capture_output=True, text=True, timeout=timeout)
     assert "nanobind" not in done.stderr, done.stderr[-2000:]
     return done
+
+
+@contextlib.contextmanager
+def vintage_dashboard(*args: str, port: int, env: dict | None = None) -> Iterator[str]:
+    """`vintage dashboard --port port *args` in its own process group until the block ends;
+    yields its base URL once its API answers (at most 120 s). Stopped with SIGTERM (SIGKILL
+    after 30 s). Its output goes to a file, not a pipe that a long run would fill."""
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen([VINTAGE, "dashboard", "--port", str(port), *args],
+                                  env={**os.environ, **(env or {})}, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"vintage dashboard stopped: {log.read().decode()}")
+                try:
+                    if requests.get(f"{base}/api/version", timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "vintage dashboard did not start in 120 s"
+                time.sleep(0.5)
+            yield base
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

@@ -8,15 +8,9 @@ pages and scripts."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -25,6 +19,7 @@ import requests
 
 from ml_assets.demo.generator import generate
 from ml_assets.model_config import load_model_config
+from tests.conftest import vintage_dashboard
 from tests.test_pipeline import materialise, settings_for
 
 # one worker builds the warehouse once and runs every test of the module
@@ -211,31 +206,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def dashboard_server(demo):
-    port = free_port()
-    vintage = Path(sys.executable).parent / "vintage"
-    server = subprocess.Popen(
-        [str(vintage), "dashboard", "--warehouse", demo.warehouse, "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()
-            try:
-                if requests.get(f"{base}/api/version", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "vintage dashboard did not start in 120 s"
-            time.sleep(0.5)
+    with vintage_dashboard("--warehouse", demo.warehouse, port=free_port()) as base:
         yield base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_vintage_dashboard_serves_filled_panels_offline(demo, dashboard_server):

@@ -9,10 +9,6 @@ Debian's chromium through Playwright, skipped where it is absent (tests/test_e2e
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from datetime import date
 from pathlib import Path
 
@@ -20,7 +16,7 @@ import duckdb
 import pytest
 import requests
 
-from tests.conftest import VINTAGE, run_vintage
+from tests.conftest import run_vintage, vintage_dashboard
 from tests.test_e2e import chromium, free_port, running_ui, screenshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("webserver-review")]
@@ -136,30 +132,8 @@ def test_a_validation_report_opens_from_the_model_registry(reviewed, page, tmp_p
 @pytest.fixture(scope="module")
 def dashboard(reviewed):
     """`vintage dashboard` over the warehouse's evidently workspace, on a free port."""
-    port = free_port()
-    server = subprocess.Popen(
-        [VINTAGE, "dashboard", "--port", str(port)], env={**os.environ, **reviewed.env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, "vintage dashboard stopped"
-            try:
-                if requests.get(f"{base}/api/version", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "vintage dashboard did not start in 120 s"
-            time.sleep(0.5)
+    with vintage_dashboard(port=free_port(), env=reviewed.env) as base:
         yield base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_the_monitoring_dashboard_opens_with_its_panels_filled(dashboard, page, tmp_path):
