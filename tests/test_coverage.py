@@ -3,6 +3,7 @@ predictions do with a month whose coverage fails (flag and refer, or block)."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import date, timedelta
 
 import numpy as np
@@ -189,3 +190,28 @@ def test_trailing_window_is_the_months_before():
     pairs = window_pairs(TRAILING, [date(2024, 7, 1)], BUILD.partitions).to_pylist()
     assert [p["upstream_month"] for p in pairs] == [add_months(date(2024, 7, 1), -k)
                                                     for k in range(6, 0, -1)]
+
+
+def test_the_trailing_level_does_not_depend_on_the_order_rows_arrive_in(transform):
+    """A floating-point mean depends on the order it adds in ((0.3 + 0.4) + 0.5 is not
+    0.3 + (0.4 + 0.5)); the scan's order depends on the threads. The published level adds the
+    months in month order, whatever order the feature store's rows come in."""
+    months = list(month_range(date(2024, 1, 1), date(2024, 4, 1)))
+    shares = dict(zip(months, (3, 4, 5, 7), strict=True))  # clickstream coverage in tenths
+    by_month = {m: month_of_applications(m, clickstream=shares[m]) for m in months}
+    levels = set()
+    for order in itertools.permutations(months[:3]):
+        rows = transform("gold/source_coverage", {
+            "gold_feature_store": pa.Table.from_pylist(
+                [row for m in (*order, months[3]) for row in by_month[m]]),
+            "coverage_trailing": window_pairs(TRAILING, months, BUILD.partitions),
+            "source_windows": source_windows(BUILD.config),
+            "source_floors": pa.table({"source": list(FLOORS), "floor": list(FLOORS.values())}),
+            "silver_attributes": source_rows(dict.fromkeys(months, 20)),
+            "silver_financials": source_rows(dict.fromkeys(months, 20)),
+            "silver_clickstream": source_rows(dict.fromkeys(months, 20)),
+        }, {"months": months, "max_relative_drop": 0.25, "trailing_months": 6})
+        [april] = [r for r in rows if r["application_month"] == months[3]
+                   and r["source"] == "feature_clickstream"]
+        levels.add(april["trailing_coverage"])
+    assert levels == {((0.3 + 0.4) + 0.5) / 3}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from datetime import date
 
 import pyarrow as pa
@@ -158,3 +159,13 @@ def test_attributes_dated_after_the_loan_start_are_not_used(transform):
              "occupation": "Writer", "ssn_valid": True}]
     loan = features(transform, [click("C1", APRIL, 1, 1)], attributes=late)["C1_2024_04_01"]
     assert loan["age"] is None and loan["features_as_of"] == APRIL
+
+
+def test_the_clickstream_mean_does_not_depend_on_the_order_rows_arrive_in(transform):
+    """A floating-point mean depends on the order it adds in ((0.3 + 0.4) + 0.5 is not
+    0.3 + (0.4 + 0.5)), and a scan's order on the threads: the mean adds in date order."""
+    history = {date(2024, 2, 1): 0.3, date(2024, 3, 1): 0.4, APRIL: 0.5}
+    means = {features(transform, [click("C1", m, history[m], 0) for m in order]
+                      )["C1_2024_04_01"]["fe_1_mean"]
+             for order in itertools.permutations(history)}
+    assert means == {((0.3 + 0.4) + 0.5) / 3}

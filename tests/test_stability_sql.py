@@ -3,6 +3,7 @@ independent numpy implementation of the documented binning."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -147,3 +148,16 @@ def test_degenerate_columns_give_a_finite_psi(transform, reference, actual):
                      {"x": pa.array(actual, pa.float64())}, ["x"])
     assert math.isfinite(rows["x"]["psi"])
     assert rows["x"]["band"] in ("stable", "watch", "act", "outage")
+
+
+def test_psi_does_not_depend_on_the_order_rows_arrive_in(transform):
+    """PSI is a floating-point sum over bins, and such a sum depends on the order it adds in
+    (the scan's order on the threads): it adds the bins in bin order."""
+    reference = {"a": 30, "b": 25, "c": 20, "d": 15, "e": 10}
+    actual = {"a": 10, "b": 35, "c": 5, "d": 30, "e": 20}
+    values = set()
+    for order in itertools.permutations(reference):
+        rows = stability(transform, {"c": [c for c in order for _ in range(reference[c])]},
+                         {"c": [c for c in order for _ in range(actual[c])]}, [], ["c"])
+        values.add(rows["c"]["psi"])
+    assert len(values) == 1

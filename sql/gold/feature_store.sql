@@ -46,7 +46,9 @@ clickstream AS (
         count(*)::INTEGER AS clickstream_months,
         max(click.snapshot_date) AS clickstream_as_of,
         arg_max(COLUMNS('^fe_[0-9]+$'), click.snapshot_date) AS '\0_latest',
-        avg(COLUMNS('^fe_[0-9]+$')) AS '\0_mean'
+        -- in date order: a floating-point sum depends on its order (and the scan's order
+        -- on the threads), the published mean must not
+        avg(COLUMNS('^fe_[0-9]+$') ORDER BY click.snapshot_date) AS '\0_mean'
     FROM loans
     JOIN clickstream_window AS lookback ON lookback.month = loans.application_month
     JOIN silver_clickstream AS click

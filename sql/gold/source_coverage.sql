@@ -72,9 +72,12 @@ trailing_level AS (
     SELECT
         pairs.month AS application_month,
         before.source,
-        avg(before.loans_covered / before.loans) FILTER (WHERE at_level) AS trailing_coverage,
+        -- in month order: a floating-point mean depends on the order it adds in
+        avg(before.loans_covered / before.loans ORDER BY before.application_month)
+            FILTER (WHERE at_level) AS trailing_coverage,
         (count(*) FILTER (WHERE at_level))::INTEGER AS trailing_months,
-        avg(before.loans_current / before.loans) FILTER (WHERE at_level)
+        avg(before.loans_current / before.loans ORDER BY before.application_month)
+            FILTER (WHERE at_level)
             AS trailing_current_coverage,
         count(*)::INTEGER AS earlier_months
     FROM coverage_trailing AS pairs
