@@ -193,9 +193,8 @@ def test_the_service_prepares_its_sql_as_it_starts(warehouse):
         while service.sql.idle < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (service.sql.opened, service.sql.idle) == (2, 2)
-        started = time.perf_counter()
-        with service.sql.connection():
-            assert time.perf_counter() - started < 0.1  # an idle one, already prepared
+        with service.sql.connection():  # an idle one, already prepared: none opened for it
+            assert (service.sql.opened, service.sql.idle) == (2, 1)
 
 
 def test_raw_applications_at_concurrency_8_score_as_one_at_a_time(warehouse):
