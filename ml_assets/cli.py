@@ -177,11 +177,16 @@ def _print_summary(summary) -> None:
             print(f"{'stage ' + stage:<40} {seconds:>8.2f}")
     if summary.failed_checks:
         shown = 25
-        print(f"{len(summary.failed_checks)} check evaluation(s) failed:")
-        for line in summary.failed_checks[:shown]:
+        # the ERRORs first (in run order), then the WARNs: what is cut is never an ERROR
+        # unless there are more ERRORs than lines
+        failed = sorted(summary.failed_checks, key=lambda line: not line.startswith("ERROR"))
+        errors = sum(line.startswith("ERROR") for line in failed)
+        print(f"{len(failed)} check evaluation(s) failed ({errors} ERROR, "
+              f"{len(failed) - errors} WARN):")
+        for line in failed[:shown]:
             print(f"  {line}")
-        if len(summary.failed_checks) > shown:
-            print(f"  ... and {len(summary.failed_checks) - shown} more (see the Dagster UI)")
+        if len(failed) > shown:
+            print(f"  ... and {len(failed) - shown} more (see the Dagster UI)")
     for error in summary.errors:
         print(f"vintage: {error}", file=sys.stderr)
 

@@ -302,10 +302,14 @@ def duplicate_key_findings(con: duckdb.DuckDBPyConnection, view: str, contract: 
     for month, hits in found.items():
         key, _, (first, second) = hits[0][0], hits[0][1], hits[0][2][:2]
         differing = _differing_columns(con, view, present, first, second)
+        example = ", ".join(f"{name} {value}" for name, value in zip(contract.key, key,
+                                                                     strict=True))
+        counted = "1 key" if len(hits) == 1 else f"{len(hits)} keys"
         findings.append(Finding(
             contract.name, month, "duplicate_key", ", ".join(contract.key),
-            f"{len(hits)} keys ({', '.join(contract.key)}) have more than one row in the month "
-            f"with different values, e.g. {key} at data rows {first} and {second}, differing in "
+            f"{counted} ({', '.join(contract.key)}) {'has' if len(hits) == 1 else 'have'} more "
+            f"than one row in the month with different values, e.g. {example} at data rows "
+            f"{first} and {second}, differing in "
             f"{differing}; one row per key and month is expected (a daily extract with several "
             f"snapshots in a month? keep one per key and month, e.g. the month's last)",
             {"duplicate_keys": len(hits)}))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -119,7 +120,13 @@ class Tracker:
     def __init__(self, config: TrackingConfig):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(MAX_RETRIES))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(REQUEST_TIMEOUT))
+        # a run's console is the platform's progress: no "View run" link per candidate (to
+        # a UI the extra does not serve; the metadata names each run) nor MLflow's INFO lines
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow import MlflowClient
+
+        if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # set, it is the user's choice
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
 
         self.config = config
         self.client = MlflowClient(tracking_uri=config.tracking_uri,

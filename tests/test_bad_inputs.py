@@ -179,13 +179,13 @@ CASES = {
                            "new column AnnualIncome"]),
     "day_first_dates": (1, ["features_attributes.csv: column snapshot_date:",
                             "'13/02/2023'", "day-first"]),
-    "duplicate_key_different_values": (1, ["features_financials.csv 2023-03: 1 keys "
-                                           "(Customer_ID) have more than one row in the month "
-                                           "with different values", "differing in "
-                                           "Annual_Income"]),
+    "duplicate_key_different_values": (1, ["features_financials.csv 2023-03: 1 key "
+                                           "(Customer_ID) has more than one row in the month "
+                                           "with different values, e.g. Customer_ID CUS_",
+                                           "differing in Annual_Income"]),
     **{f"second_snapshot_in_a_month:{source}": (1, [
-        f"{source}.csv 2023-03: 1 keys ({'loan_id' if source.startswith('lms') else 'Customer_ID'})"
-        f" have more than one row in the month", f"{column} ", "snapshot_date '2023-03-01' vs "
+        f"{source}.csv 2023-03: 1 key ({'loan_id' if source.startswith('lms') else 'Customer_ID'})"
+        f" has more than one row in the month", f"{column} ", "snapshot_date '2023-03-01' vs "
         "'2023-03-15'", "nothing was run; published months are unchanged"])
        for source, column in MID_MONTH_CHANGE.items()},
 }
@@ -221,7 +221,7 @@ def test_a_run_started_as_the_ui_does_stops_before_its_first_write(base, publish
     failures = {event.step_key: event.event_specific_data.error.cause.message
                 for event in result.all_events if event.is_step_failure}
     assert set(failures) == {f"raw__{name}" for name in MID_MONTH_CHANGE}
-    assert all("lms_loan_daily.csv 2023-03: 1 keys (loan_id)" in text
+    assert all("lms_loan_daily.csv 2023-03: 1 key (loan_id)" in text
                for text in failures.values())
     assert checksums(published) == before
 

@@ -18,7 +18,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from ml_assets.cli import _print_summary
 from ml_assets.demo.generator import generate
+from ml_assets.runner import RunSummary
 from ml_assets.tables import SILVER_LOAN_DAILY
 from resources.lake import Lake
 from tests.conftest import VINTAGE, run_vintage
@@ -375,3 +377,20 @@ def test_run_progress_on_a_terminal_is_a_bar(small_source, tmp_path):
     assert re.search(r"raw/\w+ 2023-01\.\.2023-02 [━╸╺]+ [0-6]/6 ", plain)  # step, bar, count
     assert len(STEP_LINE.findall(plain)) == 6  # each finished step printed above the bar
     assert "succeeded for months 2023-01..2023-02" in plain
+
+
+def test_the_run_summary_lists_the_errors_before_the_warnings(capsys):
+    """A run with more failed checks than the summary shows: every ERROR is shown (first, in
+    run order), the WARNs fill the rest, and the count says how many of each."""
+    warnings = [f"WARN  ml/feature_iv iv_not_suspicious 2024-{m:02}-01: IV at least 0.5"
+                for m in range(1, 13)] * 3
+    errors = ["ERROR monitoring/stability score_psi 2024-10-01: PSI 0.26",
+              "ERROR monitoring/performance auc_drop 2024-11-01: AUC fell 0.056"]
+    summary = RunSummary("r1", True, date(2024, 1, 1), date(2024, 12, 1),
+                         failed_checks=[*warnings[:30], errors[0], *warnings[30:], errors[1]])
+    _print_summary(summary)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "38 check evaluation(s) failed (2 ERROR, 36 WARN):"
+    assert lines[2:4] == [f"  {line}" for line in errors]
+    assert lines[4:27] == [f"  {line}" for line in warnings[:23]]
+    assert lines[27] == "  ... and 13 more (see the Dagster UI)"

@@ -311,6 +311,26 @@ def test_the_alias_waits_for_the_sign_off(tracked, client, server, tmp_path):
     assert alias.tags[VERSION_TAG] == promotion.model_version
 
 
+
+@needs_mlflow
+def test_tracking_keeps_the_console_to_the_platform(tracked, server, tmp_path, capfd):
+    """Logging candidates prints no MLflow "View run" link per run (to a UI the extra does not
+    serve) and none of MLflow's INFO lines (its wait for each registered version): a run's
+    console stays the platform's progress. In an experiment and registered model of its own,
+    so that the other tests' runs stay one per version."""
+    copy = tracked.built.copy(tmp_path / "quiet")
+    quiet_file = models_file(tmp_path / "quiet", server)
+    raw = yaml.safe_load(quiet_file.read_text())
+    raw["mlflow"] |= {"experiment": "vintage-quiet", "registered_model": "vintage-pd-quiet"}
+    quiet_file.write_text(yaml.safe_dump(raw))
+    quiet = Warehouse(copy.root, copy.source, quiet_file)
+    capfd.readouterr()
+    result = quiet.materialise(TRAINED[-1], TRAINED[-1], [MODEL_REGISTRY])
+    succeeded(result)
+    assert "(model version" in mlflow_said(result)["ml/model_registry"]  # it did log
+    out, err = capfd.readouterr()
+    assert "View run" not in out + err and "Waiting up to" not in out + err
+
 def aliases(built: Warehouse) -> list[AliasRecord]:
     lake = built.lake()
     with duckdb.connect() as con:
